@@ -1,0 +1,7 @@
+demo:
+	bash tools/demo.sh
+
+test:
+	bash tools/test.sh
+
+.PHONY: demo test

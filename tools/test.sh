@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every test: set up .venv with dev extras, check the notebooks and the package agree,
+# check README.md is fresh, run every notebook (slow cells skipped), then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/venv.sh dev
+export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
+
+snapshot() { git ls-files -co --exclude-standard | LC_ALL=C sort | xargs -d '\n' sha1sum 2>/dev/null; }
+
+echo "== 1/4 nbdev_export changes nothing"
+before=$(snapshot)
+nbdev_export
+after=$(snapshot)
+if [ "$before" != "$after" ]; then
+  echo "FAIL: nbdev_export changed files; the package and the notebooks disagree:"
+  diff <(echo "$before") <(echo "$after") | grep '^[<>]' | sed 's/^/  /'
+  echo "Run nbdev_export and commit the result."
+  exit 1
+fi
+
+echo "== 2/4 README.md is generated from nbs/index.ipynb"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+python tools/make_readme.py "$tmp" >/dev/null
+if ! diff -q "$tmp/README.md" README.md >/dev/null; then
+  echo "FAIL: README.md is stale; run: .venv/bin/python tools/make_readme.py"; diff "$tmp/README.md" README.md | head -20; exit 1
+fi
+if [ -d "$tmp/README_files" ] && ! diff -rq "$tmp/README_files" README_files >/dev/null; then
+  echo "FAIL: README_files/ is stale; run: .venv/bin/python tools/make_readme.py"; exit 1
+fi
+
+echo "== 3/4 nbdev_test (every notebook, slow cells skipped)"
+nbdev_test --n_workers 2 --timing ${NBDEV_FLAGS:+--flags "$NBDEV_FLAGS"}
+
+echo "== 4/4 pytest tests/"
+set +e
+python -m pytest tests/ -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi
+exit $rc
