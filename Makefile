@@ -4,4 +4,9 @@ demo:
 test:
 	bash tools/test.sh
 
-.PHONY: demo test
+# Execute every notebook (slow cells skipped) and render the static site _docs/ (open _docs/index.html)
+docs:
+	bash tools/venv.sh dev
+	PYTHONHASHSEED=0 .venv/bin/python tools/build_docs.py
+
+.PHONY: demo test docs

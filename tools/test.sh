@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: set up .venv with dev extras, check the notebooks and the package agree,
-# check README.md is fresh, run every notebook (slow cells skipped), then pytest.
+# check README.md is fresh, run every notebook (slow cells skipped), pytest, then build the docs
+# site and check every page of it in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/venv.sh dev
@@ -8,7 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
 
 snapshot() { git ls-files -co --exclude-standard | LC_ALL=C sort | xargs -d '\n' sha1sum 2>/dev/null; }
 
-echo "== 1/4 nbdev_export changes nothing"
+echo "== 1/5 nbdev_export changes nothing"
 before=$(snapshot)
 nbdev_export
 after=$(snapshot)
@@ -19,7 +20,7 @@ if [ "$before" != "$after" ]; then
   exit 1
 fi
 
-echo "== 2/4 README.md is generated from nbs/index.ipynb"
+echo "== 2/5 README.md is generated from nbs/index.ipynb"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python tools/make_readme.py "$tmp" >/dev/null
 if ! diff -q "$tmp/README.md" README.md >/dev/null; then
@@ -29,13 +30,18 @@ if [ -d "$tmp/README_files" ] && ! diff -rq "$tmp/README_files" README_files >/d
   echo "FAIL: README_files/ is stale; run: .venv/bin/python tools/make_readme.py"; exit 1
 fi
 
-echo "== 3/4 nbdev_test (every notebook, slow cells skipped)"
+echo "== 3/5 nbdev_test (every notebook, slow cells skipped)"
 nbdev_test --n_workers 2 --timing ${NBDEV_FLAGS:+--flags "$NBDEV_FLAGS"}
 
-echo "== 4/4 pytest tests/"
+echo "== 4/5 pytest tests/"
 set +e
 python -m pytest tests/ -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi
-exit $rc
+if [ $rc -ne 0 ]; then exit $rc; fi
+
+echo "== 5/5 docs: build _docs/ (make docs), then load every page in headless Chromium"
+# Installs Debian's chromium when /usr/bin/chromium is missing; screenshots go to test-artifacts/docs/.
+python tools/build_docs.py
+python tools/check_docs.py
