@@ -276,3 +276,20 @@ def test_window_starts_property(n, window, stride, cover):
         if cover: assert last == n
     else:
         assert s.tolist() == [0]
+
+
+@pytest.mark.parametrize('name,kw,why', [
+    ('mpeg4_bframes.mp4', dict(codec='mpeg4', bit_rate=400_000, bf=2, g=20), 'open GOP'),
+    ('h264_bframes.avi', dict(codec='libx264', crf=18, bf=2, g=20), 'pts = dts'),
+    ('h264_bframes.mkv', dict(codec='libx264', crf=18, bf=3, g=20), ''),
+])
+def test_other_stream_kinds_are_exact(tmp_path, name, kw, why):
+    "Open-GOP MPEG-4 (decord lands 2 frames late near keyframes) and H.264 B-frames in AVI (no pts): exact too."
+    p = write_video(tmp_path / name, render_scene(60, 48, 64, seed=4), 25, **kw)
+    ref = sequential_decode(p)
+    r = VideoReader(p)
+    assert why in r.info.why and (r.mode == 'exact') == bool(why)
+    perm = torch.randperm(len(ref), generator=torch.Generator().manual_seed(0))
+    with r:
+        for chunk in perm.split(7):
+            assert np.array_equal(r.get(chunk).numpy(), ref[chunk.numpy()])
