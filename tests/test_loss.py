@@ -1,0 +1,240 @@
+"Tests for pal.loss: InfoNCE values, masks, MoCo queue, the PAL and video-level objectives, autocast, gathering."
+import math
+import pytest, torch
+import torch.nn.functional as F
+from pal.encoder import Encoder, region_pool, region_align
+from pal.loss import (info_nce, symmetric_info_nce, gather_features, rank_offset, ProjectionHead, MoCo,
+                      background_spans, PAL, VideoContrast)
+
+
+def unit(*shape, seed=0):
+    "Random unit vectors along the last dim."
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_info_nce_hand_computed_3x3():
+    q = torch.tensor([[1., 0], [0, 1], [0.6, 0.8]])
+    k = torch.tensor([[1., 0], [0.6, 0.8], [0, 1]])
+    # similarities: rows (1, .6, 0), (0, .8, 1), (.6, 1, .8); positives on the diagonal; tau = 0.1
+    want = (-math.log(math.exp(10) / (math.exp(10) + math.exp(6) + math.exp(0)))
+            - math.log(math.exp(8) / (math.exp(0) + math.exp(8) + math.exp(10)))
+            - math.log(math.exp(8) / (math.exp(6) + math.exp(10) + math.exp(8)))) / 3
+    loss, stats = info_nce(q, k)
+    assert loss.item() == pytest.approx(want, abs=1e-5)
+    assert stats['pos_sim'].item() == pytest.approx(2.6 / 3, abs=1e-6)
+    assert stats['neg_sim'].item() == pytest.approx(3.2 / 6, abs=1e-6)
+    assert stats['top1'].item() == pytest.approx(1 / 3)  # only query 0 ranks its key first
+    assert all(v.ndim == 0 and not v.requires_grad for v in stats.values())
+    t2 = info_nce(q, k, temperature=0.5)[0].item()
+    assert t2 == pytest.approx((-math.log(math.exp(2) / (math.exp(2) + math.exp(1.2) + 1))
+                                - math.log(math.exp(1.6) / (1 + math.exp(1.6) + math.exp(2)))
+                                - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(2) + math.exp(1.6)))) / 3, abs=1e-5)
+
+
+def test_info_nce_equals_cross_entropy_over_the_similarity_matrix():
+    q, k = unit(9, 16, seed=1), unit(9, 16, seed=2)
+    loss, _ = info_nce(q, k, temperature=0.2)
+    assert torch.allclose(loss, F.cross_entropy(q @ k.T / 0.2, torch.arange(9)), atol=1e-6)
+
+
+def test_identical_views_give_lower_loss_than_random_ones():
+    z = unit(32, 64, seed=3)
+    same, s_same = symmetric_info_nce(z, z)
+    rand, s_rand = symmetric_info_nce(z, unit(32, 64, seed=4))
+    assert same < 0.1 < math.log(32) < rand
+    assert s_same['top1'] == 1 and s_rand['top1'] < 0.5
+
+
+def test_masks_ids_queue_and_hard_negatives():
+    q, k = unit(4, 8, seed=5), unit(4, 8, seed=6)
+    base, _ = info_nce(q, k)
+    # ids: rows 0 and 1 share a source, so they are not each other's negatives
+    l_ids, _ = info_nce(q, k, ids=torch.tensor([7, 7, 8, 9]))
+    logits = q @ k.T / 0.1
+    logits[0, 1] = logits[1, 0] = float('-inf')
+    assert torch.allclose(l_ids, F.cross_entropy(logits, torch.arange(4)), atol=1e-6)
+    # an empty queue changes nothing
+    queue = unit(5, 8, seed=7)
+    assert torch.allclose(info_nce(q, k, queue=queue, queue_valid=torch.zeros(5, dtype=torch.bool))[0], base)
+    # a queue holding this batch's keys again: each query's own source is masked, the others count twice
+    eye = torch.eye(4, dtype=torch.bool)
+    s_neg = (q @ k.T).masked_fill(eye, float('-inf'))
+    twice = F.cross_entropy(torch.cat([(q * k).sum(1, keepdim=True), s_neg, s_neg], 1) / 0.1, torch.zeros(4, dtype=torch.long))
+    assert torch.allclose(info_nce(q, k, ids=torch.arange(4), queue=k, queue_ids=torch.arange(4))[0], twice, atol=1e-6)
+    # a valid queue adds its negatives: the MoCo form with labels 0
+    l_q, s_q = info_nce(q, k, queue=queue)
+    neg = torch.cat([(q @ k.T).masked_fill(torch.eye(4, dtype=torch.bool), float('-inf')), q @ queue.T], 1)
+    want = F.cross_entropy(torch.cat([(q * k).sum(1, keepdim=True), neg], 1) / 0.1, torch.zeros(4, dtype=torch.long))
+    assert torch.allclose(l_q, want, atol=1e-6)
+    assert s_q['neg_sim'].item() == pytest.approx(((q @ k.T).sum() - (q * k).sum() + (q @ queue.T).sum()).item() / (12 + 20), abs=1e-5)
+    # hard negatives: masked ones change nothing, valid ones raise the loss
+    hard = torch.stack([k, unit(4, 8, seed=8)], 1)  # [4, 2, 8]
+    assert torch.allclose(info_nce(q, k, hard=hard, hard_valid=torch.zeros(4, 2, dtype=torch.bool))[0], base)
+    l_h, _ = info_nce(q, k, hard=hard[:, :1])  # each key itself as a hard negative
+    assert l_h > base
+
+
+def test_hard_negative_equal_to_positive_adds_log2_when_positive_dominates():
+    q = torch.eye(3)
+    k = torch.eye(3)
+    base, _ = info_nce(q, k)  # negatives at similarity 0: tiny loss
+    l_h, _ = info_nce(q, k, hard=k[:, None])
+    assert l_h.item() == pytest.approx(math.log(2 + 2 * math.exp(-10)), abs=1e-6)
+    assert base.item() == pytest.approx(math.log(1 + 2 * math.exp(-10)), abs=1e-6)
+
+
+def test_projection_head_is_unit_norm_on_any_leading_shape():
+    head = ProjectionHead(12, 5, hidden_dim=7)
+    out = head(torch.randn(2, 3, 12))
+    assert out.shape == (2, 3, 5)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2, 3), atol=1e-5)
+
+
+def test_moco_queue_wraps_updates_and_round_trips_state_dict():
+    enc, head = torch.nn.Linear(3, 3), ProjectionHead(3, 2)
+    m = MoCo(enc, head, queue_size=4, momentum=0.9)
+    assert not any(p.requires_grad for p in m.parameters())
+    assert not m.negatives()['queue_valid'].any()
+    m.enqueue(torch.ones(3, 2), torch.tensor([1, 2, 3]))
+    m.enqueue(torch.full((3, 2), 2.), torch.tensor([4, 5, 6]))  # slots 3, 0, 1 (wraps)
+    assert m.queue_ids.tolist() == [5, 6, 3, 4] and m.ptr.item() == 2 and m.filled.item() == 4
+    assert m.queue[:, 0].tolist() == [2., 2., 1., 2.]
+    m.enqueue(torch.arange(12.).view(6, 2), torch.arange(6))  # more than the queue: the last 4 stay
+    assert sorted(m.queue_ids.tolist()) == [2, 3, 4, 5] and m.ptr.item() == 2
+    with torch.no_grad(): enc.weight.fill_(1.); head.net[0].bias.fill_(2.)
+    k_w, k_b = m.key_encoder.weight.clone(), m.key_head.net[0].bias.clone()
+    m.update(enc, head)
+    assert torch.allclose(m.key_encoder.weight, 0.9 * k_w + 0.1)
+    assert torch.allclose(m.key_head.net[0].bias, 0.9 * k_b + 0.2)
+    m2 = MoCo(torch.nn.Linear(3, 3), ProjectionHead(3, 2), queue_size=4)
+    m2.load_state_dict(m.state_dict())
+    for name in ('queue', 'queue_ids', 'ptr', 'filled', 'key_encoder.weight'):
+        assert torch.equal(m2.state_dict()[name], m.state_dict()[name])
+
+
+def test_background_spans_values():
+    bg, valid = background_spans(torch.tensor([[1.5, 4.], [0., 7.5], [6.25, 8.]]), 8, min_len=1.0)
+    assert bg.tolist() == [[[0, 1.5], [4, 8]], [[0, 0], [7.5, 8]], [[0, 6.25], [8, 8]]]
+    assert valid.tolist() == [[True, True], [False, False], [True, False]]
+
+
+def small_batch(B=3, T=16, size=16, seed=0):
+    "Random two-view batch [B, 2, 3, T, size, size] and spans [B, 2, 2] in clip units (clip_len 4)."
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 2, 3, T, size, size, generator=g)
+    a = torch.rand(B, 2, generator=g) * 1.5
+    return x, torch.stack([a, a + 1 + torch.rand(B, 2, generator=g)], -1)
+
+
+def test_pal_pooled_and_dense_equal_their_definitions():
+    torch.manual_seed(0)
+    x, spans = small_batch()
+    for align in ('pooled', 'dense'):
+        model = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, bins=2, align=align).eval()
+        loss, stats = model(x, spans)
+        with torch.no_grad():
+            f = model.encoder(x.flatten(0, 1))  # [6, C, 4]
+            if align == 'pooled':
+                z = model.head(region_pool(f, spans.view(6, 2), bins=2)).view(3, 2, -1)
+                want, _ = symmetric_info_nce(z[:, 0], z[:, 1])
+            else:  # each bin a query, aligned with the same bin of the other video
+                z = model.head(region_align(f, spans.view(6, 2), bins=2).transpose(1, 2)).view(3, 2, 2, -1)
+                want, _ = symmetric_info_nce(z[:, 0].reshape(6, -1), z[:, 1].reshape(6, -1))
+        assert loss.item() == pytest.approx(want.item(), abs=1e-5)
+
+
+def test_pal_background_negatives_raise_the_loss_and_moco_fills_its_queue():
+    torch.manual_seed(0)
+    x, spans = small_batch()
+    plain = PAL(Encoder('tiny', clip_len=4, width=4), dim=8).eval()
+    with_bg = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True).eval()
+    with_bg.load_state_dict(plain.state_dict())
+    assert with_bg(x, spans)[0] > plain(x, spans)[0]
+    moco = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=10)
+    moco(x, spans)
+    assert moco.moco.filled.item() == 6  # both views' keys of 3 samples
+    moco.eval(); moco(x, spans)
+    assert moco.moco.filled.item() == 6  # eval mode leaves the queue alone
+    assert 'moco.queue' in moco.state_dict() and 'moco.key_encoder.stem.0.weight' in moco.state_dict()
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('objective', ['pal', 'video'])
+def test_losses_run_in_float32_and_under_bf16_autocast(objective, autocast):
+    torch.manual_seed(0)
+    x, spans = small_batch(B=3, T=8, size=16)
+    make = lambda: (PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True) if objective == 'pal'
+                    else VideoContrast(Encoder('tiny', clip_len=4, width=4), dim=8))
+    model = make()
+    ref, _ = model(x, spans)  # float32
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        loss, stats = model(x, spans)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(loss.item() - ref.item()) < (0.1 if autocast else 1e-5)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(0 <= v.item() <= 1 for n, v in stats.items() if n == 'top1')
+
+
+def test_video_contrast_pools_globally_and_ignores_spans():
+    torch.manual_seed(0)
+    x, spans = small_batch()
+    model = VideoContrast(Encoder('tiny', clip_len=4, width=4), dim=8).eval()
+    loss, _ = model(x)
+    with torch.no_grad():
+        z = model.head(model.encoder(x.flatten(0, 1)).mean(-1)).view(3, 2, -1)
+    assert loss.item() == pytest.approx(symmetric_info_nce(z[:, 0], z[:, 1])[0].item(), abs=1e-5)
+    assert model(x, spans)[0].item() == pytest.approx(loss.item(), abs=1e-6)
+    with pytest.raises(ValueError, match=r'\[B, 2, 3, T, H, W\]'): model(x[:, 0])
+
+
+def test_a_few_steps_on_sample_videos_raise_retrieval_accuracy():
+    from pal.video import VideoReader, list_videos
+    from pal.samples import sample_dir
+    from pal.sampling import stack_spans
+    from pal.paste import synth_batch, augment, AugmentConfig
+    readers = [VideoReader(p, size=(48, 64)) for p in list_videos(sample_dir())]
+    videos, plans = synth_batch(readers, seed=0)
+    x, spans = augment(videos, AugmentConfig(size=(24, 24)), generator=0), stack_spans(plans)  # 7 samples
+    torch.manual_seed(0)
+    model = PAL(Encoder('tiny', width=8))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    with torch.no_grad(): loss0, s0 = model(x, spans)
+    for _ in range(6):
+        loss, _ = model(x, spans)
+        opt.zero_grad(); loss.backward(); opt.step()
+    with torch.no_grad(): loss1, s1 = model(x, spans)
+    assert s0['top1'] < 0.9 and s1['top1'] > s0['top1'] + 0.2
+    assert loss1 < loss0 and s1['pos_sim'] - s1['neg_sim'] > s0['pos_sim'] - s0['neg_sim']
+
+
+def _ddp_worker(rank, world, init_file, q, k, out):
+    "One rank of a 2-process gloo group: InfoNCE on its half of the batch with keys gathered from both."
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    m = len(q) // world
+    ql, kl = q[rank * m:(rank + 1) * m].clone(), k[rank * m:(rank + 1) * m].clone().requires_grad_()
+    gathered = gather_features(kl)
+    loss, _ = info_nce(ql, kl)
+    loss.backward()
+    torch.save(dict(gathered=gathered.detach(), loss=loss.detach(), grad=kl.grad, offset=rank_offset(m)), f'{out}.{rank}')
+    dist.destroy_process_group()
+
+
+def test_gather_features_across_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+    q, k = unit(6, 8, seed=9), unit(6, 8, seed=10)
+    # fork: the children inherit the imported modules, so the test takes a second instead of two imports of torch
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / 'init'), q, k, str(tmp_path / 'out')), nprocs=2, start_method='fork')
+    r = [torch.load(tmp_path / f'out.{i}') for i in range(2)]
+    assert all(torch.allclose(ri['gathered'], k) for ri in r)  # rank order
+    assert [ri['offset'] for ri in r] == [0, 3]
+    # the mean of the two local losses is the single-process loss of the whole batch
+    assert ((r[0]['loss'] + r[1]['loss']) / 2).item() == pytest.approx(info_nce(q, k)[0].item(), abs=1e-5)
+    # each rank's gradient flows to its own keys only (through its positives and its negatives)
+    kk = k.clone().requires_grad_()
+    full = F.cross_entropy(q[:3] @ kk.T / 0.1, torch.arange(3))
+    full.backward()
+    assert torch.allclose(r[0]['grad'], kk.grad[:3], atol=1e-5)
