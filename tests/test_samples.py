@@ -106,6 +106,8 @@ def test_write_video_rejects_bad_frames(tmp_path):
         write_video(tmp_path / 'f.mp4', np.zeros((3, 48, 64, 3), np.float32), 10)
     with pytest.raises(ValueError, match='f.mp4'):
         write_video(tmp_path / 'f.mp4', np.zeros((3, 48, 64), np.uint8), 10)
+    with pytest.raises(ValueError, match='T > 0'):
+        write_video(tmp_path / 'f.mp4', np.zeros((0, 48, 64, 3), np.uint8), 10)
 
 
 def test_index_code_roundtrip_and_damage_detection():

@@ -151,6 +151,15 @@ def _faststart_truncated(tmp):
     q.write_bytes(data[:len(data) // 2])
     return q
 
+def _audio_only(tmp):
+    p = tmp / 'speech.mp4'
+    with av.open(str(p), 'w') as c:
+        s = c.add_stream('aac', rate=8000)
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format='fltp', layout='mono')
+        f.sample_rate = 8000
+        for q in [*s.encode(f), *s.encode()]: c.mux(q)
+    return p
+
 BAD = {
     'missing': lambda t: t / 'nope.mp4',
     'empty': lambda t: (t / 'empty.mp4').write_bytes(b'') and None or t / 'empty.mp4',
@@ -160,6 +169,7 @@ BAD = {
     'random bytes avi': lambda t: (t / 'noise.avi').write_bytes(bytes(range(256)) * 20) and t / 'noise.avi',
     'folder': lambda t: (t / 'folder.mp4').mkdir() or t / 'folder.mp4',
     'truncated avi': lambda t: _truncated(t, 'dots.avi'),
+    'audio only': _audio_only,
 }
 
 @pytest.mark.parametrize('kind', list(BAD))
