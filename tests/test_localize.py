@@ -1,5 +1,6 @@
 "Tests of pal.localize: ActivityNet metric, pal-eval, Soft-NMS, the localization head."
 import json, math, subprocess, sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,8 +214,9 @@ def test_eval_cli_errors_name_the_file(files, capsys):
 
 
 def test_eval_cli_exit_status_in_a_process(files):
-    "As a console script runs it: `sys.exit(eval_cli())` gives exit status 1 and the file name on stderr."
-    cmd = [sys.executable, '-c', 'import sys; from pal.localize import eval_cli; sys.exit(eval_cli())']
+    "The installed `pal-eval` (or, if not installed, `sys.exit(eval_cli())`): exit status 1, the file named on stderr."
+    script = Path(sys.executable).parent / 'pal-eval'
+    cmd = [str(script)] if script.is_file() else [sys.executable, '-c', 'import sys; from pal.localize import eval_cli; sys.exit(eval_cli())']
     (files / 'bad.json').write_text('not json')
     bad = subprocess.run(cmd + ['--gt', str(files / 'bad.json'), '--pred', str(files / 'pred.json')],
                          capture_output=True, text=True, timeout=300)
@@ -315,3 +317,19 @@ def test_decode_video_segments_are_clipped_and_sorted():
     assert 0 < len(out) <= 30
     assert all(0 <= d['segment'][0] < d['segment'][1] <= train[0].duration for d in out)
     assert [d['score'] for d in out] == sorted((d['score'] for d in out), reverse=True)
+
+
+def test_train_head_is_seeded_and_leaves_global_rng_alone():
+    train, gt = synthetic_features(6, rows=(40, 60), seed=3)
+    cfg = HeadConfig(epochs=3, seed=7)
+    torch.manual_seed(123); before = torch.rand(3)
+    torch.manual_seed(123)
+    h1, hist1 = train_head(train, gt, cfg=cfg, device='cpu')
+    after = torch.rand(3)
+    assert torch.equal(before, after)  # the caller's random stream is untouched
+    h2, hist2 = train_head(train, gt, cfg=cfg, device='cpu')
+    assert hist1 == hist2 and all(torch.equal(a, b) for a, b in zip(h1.state_dict().values(), h2.state_dict().values()))
+    h3, hist3 = train_head(train, gt, cfg=HeadConfig(epochs=3, seed=8), device='cpu')
+    assert hist3 != hist1
+    with pytest.raises(ValueError, match='different feature sizes'):
+        train_head(train + [FeatureVideo('odd', np.zeros((5, 7)), np.arange(5.0))], gt, device='cpu')

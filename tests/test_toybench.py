@@ -119,6 +119,11 @@ def test_generation_is_deterministic_and_cached(bench, tmp_path):
     (again.root / 'COMPLETE').unlink(); (again.root / 'train' / 'train_0000.mp4').write_bytes(b'partial')
     generate(TINY, tmp_path / 'again')
     assert (again.root / 'train' / 'train_0000.mp4').read_bytes() == (bench.root / 'train' / 'train_0000.mp4').read_bytes()
+    # a folder with other content is never deleted
+    (tmp_path / 'mine').mkdir(); (tmp_path / 'mine' / 'thesis.tex').write_text('precious')
+    with pytest.raises(ValueError, match='refusing'):
+        generate(TINY, tmp_path / 'mine')
+    assert (tmp_path / 'mine' / 'thesis.tex').read_text() == 'precious'
 
 
 def test_config_key_and_default_root(tmp_path, monkeypatch):
