@@ -13,10 +13,8 @@ Usage: python tools/build_docs.py [--out _docs] [--jobs 2] [--no-exec] [--only N
 Then open _docs/index.html, or check it with: python tools/check_docs.py
 """
 from __future__ import annotations
-import argparse, ast, html, json, os, re, shutil, subprocess, sys, time, traceback
-from concurrent.futures import ProcessPoolExecutor
+import argparse, ast, html, json, os, re, shutil, subprocess, sys, tempfile, time, traceback
 from dataclasses import dataclass, field, asdict
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +153,33 @@ def quarto_attrs(md: str) -> str:
     return re.sub(r'\[source\]\(([^)\s]+)\)\{[^}]*\}',
                   lambda m: f'<a class="pal-source" href="{html.escape(m.group(1))}" target="_blank">source</a>', md)
 
+_re_code = re.compile(r'(```.*?```|~~~.*?~~~|`[^`\n]*`)', re.S)
+_re_math = re.compile(r'\$\$(.+?)\$\$|(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])', re.S)
+
+def tex_img(tex: str, display: bool) -> str | None:
+    "TeX math as an embedded SVG image (matplotlib mathtext), so formulas render offline; None if unsupported."
+    import base64, io, matplotlib
+    from matplotlib import mathtext
+    from matplotlib.font_manager import FontProperties
+    buf = io.BytesIO()
+    try:
+        with matplotlib.rc_context({'mathtext.fontset': 'cm', 'svg.fonttype': 'path', 'svg.hashsalt': 'pal'}):
+            depth = mathtext.math_to_image(f'${tex.strip()}$', buf, prop=FontProperties(size=15 if display else 12.5),
+                                           format='svg')
+    except ValueError: return None  # mathtext does not know this TeX; MathJax (online) still renders it
+    src = 'data:image/svg+xml;base64,' + base64.b64encode(buf.getvalue()).decode()
+    alt = html.escape(tex.strip(), quote=True)
+    if display: return f'<span class="pal-math-display"><img class="pal-math" alt="{alt}" src="{src}"></span>'
+    return f'<img class="pal-math" alt="{alt}" src="{src}" style="vertical-align: -{depth:.1f}pt">'
+
+def render_math(md: str) -> str:
+    "Replace $...$ and $$...$$ outside code in a markdown cell by images of the formulas."
+    parts = _re_code.split(md)
+    for k in range(0, len(parts), 2):  # even parts are outside code
+        parts[k] = _re_math.sub(lambda m: tex_img(m.group(1) or m.group(2), m.group(1) is not None) or m.group(0),
+                                parts[k])
+    return ''.join(parts)
+
 def _ipynb_code_links(md: str, stems: set[str]) -> str:
     "Turn inline code `NN_name.ipynb` naming a built notebook into a link to its page."
     def sub(m):
@@ -174,7 +199,7 @@ def prepare(nb, notes: list, lib: str, default_mod: str | None, stems: set[str])
     cells = []
     for i, c in enumerate(nb.cells):
         if c.cell_type == 'markdown':
-            c.source = _ipynb_code_links(c.source, stems); cells.append(c); continue
+            c.source = render_math(_ipynb_code_links(c.source, stems)); cells.append(c); continue
         if c.cell_type != 'code': cells.append(c); continue
         d, body = directives(c.source)
         if 'hide' in d or 'default_exp' in d or d.get('include:', [''])[0].lower() == 'false': continue
@@ -202,7 +227,7 @@ def prepare(nb, notes: list, lib: str, default_mod: str | None, stems: set[str])
             c.outputs = [new_output('display_data', data={'text/html':
                 '<div class="pal-note">(not executed: an earlier cell raised an error)</div>'})]
         elif why:
-            kind = 'slow cell' if why.startswith('#|') else f'{why} cell'
+            kind = f'slow cell ({why})' if why.startswith('#|') else f'cell marked {why}'
             msg = (f'output saved from a full run; {kind} not re-executed' if c.outputs
                    else f'{kind}: not executed when the docs are built')
             c.outputs = [new_output('display_data', data={'text/html':
@@ -313,6 +338,7 @@ main.pal-main { max-width: 62rem; padding: 1.5rem 2rem 2rem; box-sizing: border-
 .celltag_pal-noinput .jp-Cell-inputWrapper { display: none; }
 .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"] { background: #fbf7ec; }
 .jp-RenderedHTMLCommon a code, .jp-RenderedHTMLCommon a { color: #1f6feb; }
+.pal-math-display { display: block; text-align: center; margin: 0.8rem 0; }
 .pal-note { color: #6b7280; font-style: italic; font-size: 13px; margin: 2px 0; }
 .celltag_pal-apidoc { border-left: 3px solid #1f6feb; background: #f6f8fb; padding: 0.1rem 1rem 0.4rem;
   margin: 0.4rem 0 0.8rem; }
@@ -442,11 +468,50 @@ def build_page(page: Page, pages: list[Page], out: str, run: bool, timeout: int 
     res.seconds = time.time() - t0
     return res
 
-def _safe(fn, *args) -> Result:
-    "Run build_page; an unexpected failure becomes a reported problem, not a lost traceback."
-    try: return fn(*args)
-    except Exception:
-        return Result(args[0].stem, problems=['build failed:\n' + traceback.format_exc()])
+def worker(spec_file: str, stem: str, result_file: str):
+    "Build one page in this (fresh) process and write its Result as JSON."
+    spec = json.loads(Path(spec_file).read_text())
+    pages = [Page(**p) for p in spec['pages']]
+    page = next(p for p in pages if p.stem == stem)
+    try: r = build_page(page, pages, spec['out'], spec['run'], spec['timeout'], spec['footer'])
+    except Exception:  # reported with its traceback, never swallowed
+        r = Result(stem, problems=['build failed:\n' + traceback.format_exc()])
+    Path(result_file).write_text(json.dumps(asdict(r)))
+
+def run_workers(todo: list[Page], pages: list[Page], out: Path, run: bool, timeout: int, footer: str,
+                jobs: int, report) -> list[Result]:
+    """Build each page in its own Python process (a fresh shell per notebook, as nbdev_test gives),
+    `jobs` at a time; call report(page, result) as each one ends."""
+    tmp = Path(tempfile.mkdtemp(prefix='pal-docs-'))
+    try:
+        spec = tmp/'spec.json'
+        spec.write_text(json.dumps(dict(pages=[asdict(p) for p in pages], out=str(out), run=run,
+                                        timeout=timeout, footer=footer)))
+        pending, running, results = list(todo), {}, {}
+        while pending or running:
+            while pending and len(running) < jobs:
+                p = pending.pop(0)
+                log = open(tmp/f'{p.stem}.log', 'w+')
+                proc = subprocess.Popen([sys.executable, __file__, '--worker', p.stem, '--spec', str(spec),
+                                         '--result', str(tmp/f'{p.stem}.json')], stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=p.nb and Path(p.nb).parent)
+                running[p.stem] = (p, proc, log, time.time())
+            time.sleep(0.2)
+            for stem, (p, proc, log, t0) in list(running.items()):
+                if proc.poll() is None: continue
+                del running[stem]
+                rf = tmp/f'{stem}.json'
+                if rf.exists(): r = Result(**json.loads(rf.read_text()))
+                else:
+                    log.seek(0)
+                    r = Result(stem, seconds=time.time() - t0, problems=[
+                        f'worker process exited {proc.returncode} without a result; its output ends:\n{log.read()[-3000:]}'])
+                log.close()
+                results[stem] = r
+                report(p, r)
+        return [results[p.stem] for p in todo]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 # ---------------------------------------------------------------------------------------------
 
@@ -475,7 +540,11 @@ def main(argv=None) -> int:
     ap.add_argument('--no-exec', action='store_true', help='render the outputs saved in the notebooks, run nothing')
     ap.add_argument('--only', nargs='+', metavar='NAME', help='build only these pages (e.g. 03_paste); keeps the rest')
     ap.add_argument('--timeout', type=int, default=1800, help='seconds one cell may run (default 1800)')
+    ap.add_argument('--worker', help=argparse.SUPPRESS)
+    ap.add_argument('--spec', help=argparse.SUPPRESS)
+    ap.add_argument('--result', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.worker: worker(a.spec, a.worker, a.result); return 0
     t0 = time.time()
     out, nbs = Path(a.out).resolve(), Path(a.nbs).resolve()
     pages = make_pages(nbs)
@@ -492,15 +561,11 @@ def main(argv=None) -> int:
     os.environ.setdefault('PYTHONHASHSEED', '0')
     print(f'[docs] {"rendering" if a.no_exec else "executing and rendering"} {len(todo)} notebook(s) '
           f'into {out} ({a.jobs} at a time)', flush=True)
-    results = []
-    ctx = get_context('spawn')  # a fresh interpreter per notebook, as nbdev_test gives
-    with ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=ctx, max_tasks_per_child=1) as pool:
-        futs = [pool.submit(_safe, build_page, p, pages, str(out), not a.no_exec, a.timeout, footer) for p in todo]
-        for p, f in zip(todo, futs):
-            r = f.result(); results.append(r)
-            state = 'FAIL' if (r.error or r.problems) else 'ok'
-            print(f'[docs] {state:4} {p.html:28} {r.seconds:6.1f} s  {r.executed:3} cells run, {r.skipped} skipped, '
-                  f'{r.figures} figure outputs, {r.api_docs} API docs', flush=True)
+    def report(p, r):
+        state = 'FAIL' if (r.error or r.problems) else 'ok'
+        print(f'[docs] {state:4} {p.html:28} {r.seconds:6.1f} s  {r.executed:3} cells run, {r.skipped} skipped, '
+              f'{r.figures} figure outputs, {r.api_docs} API doc blocks', flush=True)
+    results = run_workers(todo, pages, out, not a.no_exec, a.timeout, footer, max(1, a.jobs), report)
     failed = False
     for p, r in zip(todo, results):
         if r.error:

@@ -24,6 +24,7 @@ CHROMIUM = '/usr/bin/chromium'
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--disable-quic',
          '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',  # offline on purpose: no CDN, no surprises
+         '--disable-dev-shm-usage',  # containers often have a tiny /dev/shm
          '--hide-scrollbars', '--mute-audio', '--window-size=1280,1000']
 SCREENSHOTS = ['index', '03_paste']  # pages whose screenshots are kept as test artifacts
 
@@ -218,7 +219,10 @@ def check_page(cdp: CDP, url: str, name: str, timeout: float) -> tuple[dict, lis
     if not facts: fails.append(f'{name}: could not read the page')
     if facts.get('nav', 0) == 0: fails.append(f'{name}: no navigation bar (nav.pal-nav)')
     if facts.get('chars', 0) < 50: fails.append(f'{name}: page is (nearly) empty')
-    for src in facts.get('broken', []): fails.append(f'{name}: image does not render (naturalWidth 0): {src}')
+    for src in facts.get('broken', []):
+        why = '' if src.startswith(('data:', 'http://127.0.0.1')) else \
+            ' (an external image: the check runs offline; embed the figure in the notebook instead)'
+        fails.append(f'{name}: image does not render (naturalWidth 0): {src}{why}')
     for err in facts.get('errors', []): fails.append(f'{name}: a notebook cell raised an error:\n    ' + err.replace('\n', '\n    '))
     return facts, fails
 
