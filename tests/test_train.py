@@ -1,0 +1,183 @@
+"pal.train: short runs of both methods, exact resume, atomic checkpoints, bad files, refusals, NaN guard."
+import csv, json, math, os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pal.train as T
+from pal.samples import sample_dir, write_video
+from pal.train import (LOG_COLUMNS, TrainConfig, TrainingError, fit, load_checkpoint, load_encoder, pretrain_cli,
+                       read_log, save_checkpoint)
+
+# small and fast: tiny backbone, 32 px, 4 clips of 4 frames, 4 sources per step
+FAST = ['--device', 'cpu', '--batch-size', '4', '--size', '32', '--n-clips', '4', '--clip-len', '4',
+        '--warmup-steps', '2', '--workers', '0']
+
+
+def cli(out, *args, videos=None):
+    "Run pal-pretrain in this process; returns its exit code (0 when it returns normally)."
+    try: pretrain_cli(['--videos', str(videos or sample_dir()), '--out', str(out), *FAST, *args])
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def weights(out):
+    ck = load_checkpoint(Path(out) / 'checkpoint.pt')
+    return {**{'encoder.' + k: v for k, v in ck['encoder'].items()}, **{'head.' + k: v for k, v in ck['head'].items()}}
+
+
+@pytest.mark.parametrize('method', ['pal', 'video'])
+def test_short_run(tmp_path, method, capsys):
+    out = tmp_path / 'run'
+    assert cli(out, '--method', method, '--steps', '3', '--ckpt-every', '2') == 0
+    printed = capsys.readouterr().out
+    for name in ('checkpoint.pt', 'config.json', 'log.csv', 'loss.png', 'sample.png'):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        assert str(out / name) in printed  # says where it wrote it
+    # log: one row per step, the promised columns, finite values, the warm-up/cosine schedule
+    with open(out / 'log.csv') as f: assert tuple(next(csv.reader(f))) == LOG_COLUMNS
+    rows = read_log(out / 'log.csv')
+    assert [r['step'] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in LOG_COLUMNS)
+        assert 0 < r['loss'] < 10 and 0 <= r['top1'] <= 1 and -1 <= r['neg_sim'] <= 1 and -1 <= r['pos_sim'] <= 1
+        assert r['step_time'] >= r['data_time'] >= 0
+    cfg = TrainConfig.load(out / 'config.json')
+    assert [r['lr'] for r in rows] == pytest.approx([cfg.lr * T.lr_factor(s, 2, 3) for s in range(3)], rel=1e-5)
+    # config round trip and checkpoint contents
+    assert cfg.method == method and cfg.steps == 3 and cfg.paste.clip_len == 4 and cfg.augment.size == (32, 32)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    ck = load_checkpoint(out / 'checkpoint.pt')
+    assert {'encoder', 'head', 'optimizer', 'scheduler', 'step', 'rng', 'config', 'videos'} <= set(ck)
+    assert ck['step'] == 3 and ck['scheduler']['last_epoch'] == 3 and TrainConfig.from_dict(ck['config']) == cfg
+    assert len(ck['videos']) == 7 and ck['optimizer']['state']  # momentum buffers are saved
+    # the saved encoder works
+    enc = load_encoder(out / 'checkpoint.pt')
+    feats = enc(torch.zeros(1, 3, 8, 32, 32))
+    assert feats.shape == (1, enc.out_dim, 2) and torch.isfinite(feats).all()
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    "4 steps straight == 2 steps, an interruption, and a resume (here with decoding in 2 workers instead of a cache)."
+    assert cli(tmp_path / 'a', '--steps', '4', '--ckpt-every', '4') == 0
+    make_inputs = T.make_inputs
+    def interrupt_at_3(batch, *a, **k):
+        if batch.keys[0][0] == 3: raise KeyboardInterrupt
+        return make_inputs(batch, *a, **k)
+    monkeypatch.setattr(T, 'make_inputs', interrupt_at_3)
+    b = tmp_path / 'b'
+    assert cli(b, '--steps', '4', '--ckpt-every', '2', '--cache-mb', '0', '--workers', '2') == 130
+    assert load_checkpoint(b / 'checkpoint.pt')['step'] == 2
+    monkeypatch.setattr(T, 'make_inputs', make_inputs)
+    with open(b / 'log.csv', 'a') as f: f.write('3,9,9,9,9,9,9,9\n')  # a step done but never saved: must be dropped
+    assert cli(b, '--resume', '--steps', '4', '--cache-mb', '0', '--workers', '2') == 0
+    wa, wb = weights(tmp_path / 'a'), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa: torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+    ra, rb = read_log(tmp_path / 'a' / 'log.csv'), read_log(b / 'log.csv')
+    assert [r['step'] for r in rb] == [1, 2, 3, 4]
+    assert [r['loss'] for r in ra] == pytest.approx([r['loss'] for r in rb], rel=1e-4)
+    # resuming a finished run does nothing but redraw its figures
+    assert cli(b, '--resume') == 0 and load_checkpoint(b / 'checkpoint.pt')['step'] == 4
+
+
+def test_resume_refuses_other_settings(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert cli(out, '--steps', '2') == 0
+    assert cli(out, '--resume', '--steps', '2', '--size', '48') == 1
+    assert 'size' in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert cli(out, '--steps', '1') == 0
+    before = (out / 'checkpoint.pt').read_bytes()
+    assert cli(out, '--steps', '1') == 1
+    assert 'already holds a run' in capsys.readouterr().err
+    assert (out / 'checkpoint.pt').read_bytes() == before
+    assert cli(out, '--steps', '2', '--overwrite') == 0
+    assert load_checkpoint(out / 'checkpoint.pt')['step'] == 2 and len(read_log(out / 'log.csv')) == 2
+
+
+def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / 'checkpoint.pt'
+    save_checkpoint({'step': 1, 'w': torch.ones(3)}, path)
+    def dies_halfway(obj, f, *a, **k):
+        f.write(b'PK\x03\x04 half a checkpoint'); f.flush()
+        raise OSError('No space left on device')
+    monkeypatch.setattr(torch, 'save', dies_halfway)
+    with pytest.raises(OSError): save_checkpoint({'step': 2, 'w': torch.zeros(3)}, path)
+    assert load_checkpoint(path)['step'] == 1 and list(tmp_path.iterdir()) == [path]
+
+
+def test_killed_during_checkpoint_write(tmp_path):
+    "A process killed (os._exit) in the middle of torch.save leaves the previous checkpoint loadable."
+    path = tmp_path / 'checkpoint.pt'
+    save_checkpoint({'step': 1, 'w': torch.ones(3)}, path)
+    code = f"""
+import os, torch
+from pal.train import save_checkpoint
+def dies(obj, f, *a, **k):
+    f.write(b'PK half'); f.flush(); os._exit(9)
+torch.save = dies
+save_checkpoint({{'step': 2}}, {str(path)!r})
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=120)
+    assert r.returncode == 9
+    assert load_checkpoint(path)['step'] == 1
+    assert len(list(tmp_path.glob('.checkpoint.pt.*.tmp'))) == 1  # the stale temporary file; fit removes it
+
+
+def test_nan_guard(tmp_path, monkeypatch):
+    "Inputs that turn the loss into NaN at step 3: the run stops naming the step, and the step-2 checkpoint stays."
+    make_inputs = T.make_inputs
+    def nan_at_3(batch, *a, **k):
+        x = make_inputs(batch, *a, **k)
+        return x * math.nan if batch.keys[0][0] == 3 else x
+    monkeypatch.setattr(T, 'make_inputs', nan_at_3)
+    out = tmp_path / 'run'
+    with pytest.raises(TrainingError, match=r'step 3.*checkpoint.*step 2'):
+        fit(TrainConfig(videos=str(sample_dir()), out=str(out), steps=5, ckpt_every=2, batch_size=4, device='cpu',
+                        workers=0, warmup_steps=2, paste=T.PasteConfig(n_clips=4, clip_len=4)), progress=False, log=None)
+    assert load_checkpoint(out / 'checkpoint.pt')['step'] == 2
+    rows = read_log(out / 'log.csv')
+    assert [r['step'] for r in rows] == [1, 2, 3] and math.isnan(rows[-1]['loss'])
+    monkeypatch.setattr(T, 'make_inputs', make_inputs)
+    assert cli(out, '--resume', '--steps', '5', '--ckpt-every', '2') == 0  # and the run can go on from there
+    assert [r['step'] for r in read_log(out / 'log.csv')] == [1, 2, 3, 4, 5]
+
+
+def _bad_files(folder):
+    (folder / 'empty.mp4').touch()
+    (folder / 'notes.mp4').write_text('this is a text file, not a video\n')
+    data = (sample_dir() / 'plaid.mp4').read_bytes()
+    (folder / 'truncated.mp4').write_bytes(data[:len(data) // 3])
+    write_video(folder / 'short.mp4', torch.zeros(5, 32, 32, 3, dtype=torch.uint8), fps=10)
+    return {'empty.mp4', 'notes.mp4', 'truncated.mp4', 'short.mp4'}
+
+
+def test_bad_files_named_and_skipped(tmp_path, capsys):
+    videos = tmp_path / 'videos'; videos.mkdir()
+    for n in ('checker.mp4', 'waves.webm', 'stripes_odd.mkv', 'bframes_pts_eq_dts.mp4'): shutil.copy(sample_dir() / n, videos)
+    bad = _bad_files(videos)
+    assert cli(tmp_path / 'run', '--steps', '2', videos=videos) == 0
+    printed = capsys.readouterr().out
+    skipped = [l for l in printed.splitlines() if 'skipping' in l]
+    assert {Path(l.split('skipping ')[1].split(':')[0]).name for l in skipped} == bad
+    assert any('short.mp4' in l and 'too short' in l for l in skipped)
+    assert '4 of 8 videos usable (4 skipped)' in printed
+    ck = load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')
+    assert sorted(Path(p).name for p, _ in ck['videos']) == sorted(['checker.mp4', 'waves.webm', 'stripes_odd.mkv', 'bframes_pts_eq_dts.mp4'])
+
+
+@pytest.mark.parametrize('good', [0, 2])
+def test_too_few_videos_refused(tmp_path, good, capsys):
+    videos = tmp_path / 'videos'; videos.mkdir()
+    _bad_files(videos)
+    for n in ['checker.mp4', 'waves.webm'][:good]: shutil.copy(sample_dir() / n, videos)
+    out = tmp_path / 'run'
+    assert cli(out, '--steps', '2', videos=videos) == 1
+    err = capsys.readouterr().err
+    assert f'{good} usable videos of {4 + good}' in err and 'at least 3' in err
+    assert not out.exists()  # nothing written, in particular no checkpoint
