@@ -22,7 +22,7 @@ from .sampling import PasteConfig, PastePlan, sample_plan, plot_timeline
 __all__ = ['KINETICS_MEAN', 'KINETICS_STD', 'FrameBank', 'load_bank', 'synthesize', 'show_pair', 'show_scale_sweep',
            'collate_banks', 'paste_batch', 'synth_batch', 'AugmentConfig', 'AugmentParams', 'sample_augment',
            'colour_matrix', 'apply_augment', 'augment', 'denormalize', 'show_batch', 'draw_pair', 'explore',
-           'synth_cli']
+           'synth_sample', 'synth_cli']
 
 # %% ../nbs/03_paste.ipynb #0c6c39d9
 @dataclass
@@ -386,7 +386,30 @@ def _readable(paths: Sequence[Path], size: tuple[int, int], log=print) -> list[V
         except VideoError as e: log(f'pal-synth: skipping a video: {e}')
     return good
 
-def synth_cli(argv: Sequence[str] | None = None):
+def synth_sample(videos: str | Path, # folder of videos, searched recursively
+                 out: str | Path, # PNG to write
+                 seed: int = 0, # chooses the three videos and the plan
+                 size: tuple[int, int] = (96, 128), # (H, W) every video is decoded to
+                 cfg: PasteConfig | None = None,
+                 log=print, # where skipped videos are reported
+                ) -> PastePlan:
+    "Draw one PAL training sample from a folder of videos and save its `show_pair` figure; returns the plan."
+    paths = list_videos(videos)
+    good = _readable(paths, tuple(size), log=log)
+    if len(good) < 3:
+        raise ValueError(f'{videos}: need at least 3 readable videos (a source and two backgrounds), found {len(good)} '
+                         f'of {len(paths)}' + (f": {', '.join(r.path.name for r in good)}" if good else ''))
+    src, b0, b1 = random.Random(seed).sample(good, 3)
+    plan = sample_plan(src.num_frames, (b0.num_frames, b1.num_frames), cfg, seed=seed)
+    pair = synthesize(plan, src, (b0, b1))
+    fig = show_pair(pair, plan, title=f'A = {src.path.name} pasted into B = {b0.path.name} and C = {b1.path.name}, seed {seed}')
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return plan
+
+def synth_cli(argv: Sequence[str] | None = None) -> None:
     "Command line: `pal-synth --videos DIR --out FILE.png [--seed N] [--size H W]` draws one PAL training sample."
     ap = argparse.ArgumentParser(prog='pal-synth', description='Draw one PAL training sample (a source pasted into '
                                  'two backgrounds) from a folder of videos, as a PNG figure.')
@@ -395,21 +418,6 @@ def synth_cli(argv: Sequence[str] | None = None):
     ap.add_argument('--seed', type=int, default=0, help='chooses the three videos and the plan')
     ap.add_argument('--size', type=int, nargs=2, default=(96, 128), metavar=('H', 'W'), help='decode size (default 96 128)')
     args = ap.parse_args(argv)
-    err = lambda msg: sys.exit(f'pal-synth: error: {msg}')
-    try: paths = list_videos(args.videos)
-    except FileNotFoundError as e: err(str(e))
-    good = _readable(paths, tuple(args.size), log=lambda m: print(m, file=sys.stderr))
-    if len(good) < 3:
-        err(f'{args.videos}: need at least 3 readable videos (a source and two backgrounds), found {len(good)} '
-            f'of {len(paths)}' + (f": {', '.join(r.path.name for r in good)}" if good else ''))
-    src, b0, b1 = random.Random(args.seed).sample(good, 3)
-    plan = sample_plan(src.num_frames, (b0.num_frames, b1.num_frames), seed=args.seed)
-    try: pair = synthesize(plan, src, (b0, b1))
-    except VideoError as e: err(str(e))
-    fig = show_pair(pair, plan, title=f'A = {src.path.name} pasted into B = {b0.path.name} and C = {b1.path.name}, seed {args.seed}')
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    print(f'{out}: {plan}')
-    return plan
+    try: plan = synth_sample(args.videos, args.out, args.seed, tuple(args.size), log=lambda m: print(m, file=sys.stderr))
+    except (FileNotFoundError, ValueError, VideoError) as e: sys.exit(f'pal-synth: error: {e}')
+    print(f'{args.out}: {plan}')
