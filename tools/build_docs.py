@@ -288,7 +288,7 @@ window.addEventListener('load', function () {  /* after load: an offline reader 
 <a class="pal-brand" href="index.html">{{ resources.pal.project }}</a>
 <ol>
 {%- for p in resources.pal.pages %}
-<li{% if p.current %} class="pal-current"{% endif %}><a href="{{ p.html }}"{% if p.current %} aria-current="page"{% endif %}>{% if p.num %}<span class="pal-num">{{ p.num }}</span> {% endif %}{{ p.title | e }}</a></li>
+<li{% if p.current %} class="pal-current"{% endif %}><a href="{{ p.html }}"{% if p.current %} aria-current="page"{% endif %}>{% if p.num %}<span class="pal-num">{{ p.num }}</span>{% endif %}<span>{{ p.title | e }}</span></a></li>
 {%- endfor %}
 </ol>
 </nav>
@@ -326,11 +326,11 @@ body.pal-page { margin: 0; background: #fff; display: grid; grid-template-column
 .pal-brand { display: block; font-weight: 700; font-size: 1.3rem; color: #1a1a1a; text-decoration: none;
   margin: 0 0.4rem 0.8rem; }
 .pal-nav ol { list-style: none; margin: 0; padding: 0; }
-.pal-nav li a { display: block; padding: 0.3rem 0.45rem; border-radius: 4px; color: #24292f; text-decoration: none;
+.pal-nav li a { display: flex; padding: 0.3rem 0.45rem; border-radius: 4px; color: #24292f; text-decoration: none;
   line-height: 1.3; }
 .pal-nav li a:hover { background: #e8ebef; }
 .pal-nav li.pal-current a { background: #1f6feb; color: #fff; font-weight: 600; }
-.pal-num { display: inline-block; min-width: 1.9em; color: #6b7280; font-variant-numeric: tabular-nums; }
+.pal-num { flex: none; width: 2.3em; color: #6b7280; font-variant-numeric: tabular-nums; }
 .pal-nav li.pal-current .pal-num { color: #dbe7ff; }
 main.pal-main { max-width: 62rem; padding: 1.5rem 2rem 2rem; box-sizing: border-box; }
 .jp-InputPrompt, .jp-OutputPrompt { display: none !important; }

@@ -227,10 +227,11 @@ def check_page(cdp: CDP, url: str, name: str, timeout: float) -> tuple[dict, lis
     return facts, fails
 
 def screenshot(cdp: CDP, out: Path, full_height: int | None = None):
-    "PNG of the viewport, or of the page down to `full_height` pixels."
+    "PNG of the viewport, or of the whole page (`full_height` pixels; shrunk to at most 16000 pixels high)."
     params = dict(format='png')
     if full_height:
-        params.update(captureBeyondViewport=True, clip=dict(x=0, y=0, width=1280, height=min(full_height, 16000), scale=1))
+        params.update(captureBeyondViewport=True,
+                      clip=dict(x=0, y=0, width=1280, height=full_height, scale=min(1, 16000 / full_height)))
     out.write_bytes(base64.b64decode(cdp.send('Page.captureScreenshot', timeout=120, **params)['data']))
 
 # ---------------------------------------------------------------------------------------------
