@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_training.ipynb #48dedb50
 from __future__ import annotations
-import argparse, csv, inspect, io, json, math, os, re, sys, time
+import argparse, csv, inspect, io, json, math, os, re, signal, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
@@ -460,6 +460,19 @@ def _check_resume(saved: dict, cfg: TrainConfig, path: Path):
     if diff: raise TrainingError(f'{path} was made with other settings: ' + '; '.join(diff) +
                                  '. Resume with the saved settings, or start a new run.')
 
+class _StopOnSignal:
+    "While active, a first Ctrl-C (SIGINT) only sets `.requested`; the loop stops after the step. A second one interrupts."
+    def __init__(self): self.requested, self._old = False, None
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._old)  # the next Ctrl-C interrupts at once
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+    def __exit__(self, *exc):
+        if self._old is not None: signal.signal(signal.SIGINT, self._old)
+
 @dataclass
 class Run:
     "What `fit` returns."
@@ -544,43 +557,48 @@ def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
     history, saved, done, updating = [], start, start, False  # done: steps completed
     t0 = t_end = time.perf_counter()
     try:
-        for batch in loader:
-            step = batch.keys[0][0]
-            x = make_inputs(batch, cfg, device)
-            t_data = time.perf_counter() - t_end
-            net.train()
-            ids = torch.tensor([v[0] for v in batch.videos], device=device)  # source of each sample
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, stats = net(x, batch.spans, ids)
-            s = torch.stack([loss.detach(), stats['pos_sim'], stats['neg_sim'], stats['top1']]).float()
-            if world > 1: dist.all_reduce(s); s /= world
-            lr = opt.param_groups[0]['lr']
-            row = dict(step=step, lr=lr, **dict(zip(('loss', 'pos_sim', 'neg_sim', 'top1'), s.tolist())))
-            if math.isfinite(row['loss']):
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
-                if not torch.isfinite(gn): row['loss'] = math.nan  # a non-finite gradient stops the run too
-            now = time.perf_counter()
-            row.update(step_time=now - t_end, data_time=t_data); t_end = now
-            row = {k: row[k] for k in LOG_COLUMNS}
-            if logf: logf.write(','.join(_fmt(row[k]) for k in LOG_COLUMNS) + '\n'); logf.flush()
-            history.append(row)
-            if not math.isfinite(row['loss']):
-                kept = f'the last good checkpoint is {ck_path} (step {saved})' if saved else 'no checkpoint was written'
-                raise TrainingError(f'non-finite loss or gradient at step {step}; stopped, {kept}. '
-                                    f'Try a lower --lr or --clip-grad.')
-            updating = True
-            opt.step(); sched.step()
-            done, updating = step, False
-            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                save_checkpoint(state(step), ck_path); saved = step
-            bar.update(1)
-            bar.set_postfix_str(f'loss {row["loss"]:.3f}, {clips / row["step_time"]:.0f} clips/s')
+        with _StopOnSignal() as stop:
+            for batch in loader:
+                step = batch.keys[0][0]
+                x = make_inputs(batch, cfg, device)
+                t_data = time.perf_counter() - t_end
+                net.train()
+                ids = torch.tensor([v[0] for v in batch.videos], device=device)  # source of each sample
+                updating = True  # from here on the step changes state (BatchNorm statistics, MoCo queue)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss, stats = net(x, batch.spans, ids)
+                s = torch.stack([loss.detach(), stats['pos_sim'], stats['neg_sim'], stats['top1']]).float()
+                s = torch.cat([s, torch.tensor([float(stop.requested)], device=s.device)])
+                if world > 1: dist.all_reduce(s); s[:4] /= world  # every process stops after the same step
+                lr = opt.param_groups[0]['lr']
+                row = dict(step=step, lr=lr, **dict(zip(('loss', 'pos_sim', 'neg_sim', 'top1'), s[:4].tolist())))
+                if math.isfinite(row['loss']):
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+                    if not torch.isfinite(gn): row['loss'] = math.nan  # a non-finite gradient stops the run too
+                now = time.perf_counter()
+                row.update(step_time=now - t_end, data_time=t_data); t_end = now
+                row = {k: row[k] for k in LOG_COLUMNS}
+                if logf: logf.write(','.join(_fmt(row[k]) for k in LOG_COLUMNS) + '\n'); logf.flush()
+                history.append(row)
+                if not math.isfinite(row['loss']):
+                    kept = f'the last good checkpoint is {ck_path} (step {saved})' if saved else 'no checkpoint was written'
+                    raise TrainingError(f'non-finite loss or gradient at step {step}; stopped, {kept}. '
+                                        f'Try a lower --lr or --clip-grad.')
+                opt.step(); sched.step()
+                done, updating = step, False
+                if step % cfg.ckpt_every == 0 or step == cfg.steps or s[4] > 0:
+                    if rank == 0: save_checkpoint(state(step), ck_path)
+                    saved = step
+                bar.update(1)
+                bar.set_postfix_str(f'loss {row["loss"]:.3f}, {clips / row["step_time"]:.0f} clips/s')
+                if s[4] > 0: raise KeyboardInterrupt
     except KeyboardInterrupt:
         if rank == 0 and not updating and done > saved:
             save_checkpoint(state(done), ck_path); saved = done
-        say(f'interrupted; {ck_path} holds step {saved}. Continue with the same command and --resume.')
+        bar.close()
+        say(f'interrupted after step {done}; {ck_path} holds step {saved}. Continue with the same command and --resume.')
         raise
     finally:
         bar.close()
@@ -691,6 +709,6 @@ def pretrain_cli(argv: Sequence[str] | None = None):
     cfg = config_from_args(args, ap)
     try: fit(cfg, resume=args['resume'], overwrite=args['overwrite'])
     except TrainingError as e:
-        print(f'pal-pretrain: error: {e}', file=sys.stderr)
+        if os.environ.get('RANK', '0') == '0': print(f'pal-pretrain: error: {e}', file=sys.stderr)  # once under torchrun
         sys.exit(1)
     except KeyboardInterrupt: sys.exit(130)

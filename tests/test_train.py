@@ -1,5 +1,5 @@
 "pal.train: short runs of both methods, exact resume, atomic checkpoints, bad files, refusals, NaN guard."
-import csv, json, math, os, shutil, subprocess, sys
+import csv, json, math, os, shutil, signal, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -59,16 +59,17 @@ def test_short_run(tmp_path, method, capsys):
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
-    "4 steps straight == 2 steps, an interruption, and a resume (here with decoding in 2 workers instead of a cache)."
+    "4 steps straight == 2 steps, Ctrl-C, and a resume (here with decoding in 2 workers instead of a cache)."
     assert cli(tmp_path / 'a', '--steps', '4', '--ckpt-every', '4') == 0
     make_inputs = T.make_inputs
-    def interrupt_at_3(batch, *a, **k):
-        if batch.keys[0][0] == 3: raise KeyboardInterrupt
+    def ctrl_c_at_2(batch, *a, **k):
+        if batch.keys[0][0] == 2: signal.raise_signal(signal.SIGINT)  # Ctrl-C: finish this step, save, stop
         return make_inputs(batch, *a, **k)
-    monkeypatch.setattr(T, 'make_inputs', interrupt_at_3)
+    monkeypatch.setattr(T, 'make_inputs', ctrl_c_at_2)
     b = tmp_path / 'b'
-    assert cli(b, '--steps', '4', '--ckpt-every', '2', '--cache-mb', '0', '--workers', '2') == 130
+    assert cli(b, '--steps', '4', '--ckpt-every', '4', '--cache-mb', '0', '--workers', '2') == 130
     assert load_checkpoint(b / 'checkpoint.pt')['step'] == 2
+    assert [r['step'] for r in read_log(b / 'log.csv')] == [1, 2]
     monkeypatch.setattr(T, 'make_inputs', make_inputs)
     with open(b / 'log.csv', 'a') as f: f.write('3,9,9,9,9,9,9,9\n')  # a step done but never saved: must be dropped
     assert cli(b, '--resume', '--steps', '4', '--cache-mb', '0', '--workers', '2') == 0
@@ -80,6 +81,17 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert [r['loss'] for r in ra] == pytest.approx([r['loss'] for r in rb], rel=1e-4)
     # resuming a finished run does nothing but redraw its figures
     assert cli(b, '--resume') == 0 and load_checkpoint(b / 'checkpoint.pt')['step'] == 4
+
+
+def test_interrupt_between_steps_saves_the_last_one(tmp_path, monkeypatch):
+    "A KeyboardInterrupt while waiting for data (no step half done) saves the last completed step."
+    make_inputs = T.make_inputs
+    def interrupt_at_2(batch, *a, **k):
+        if batch.keys[0][0] == 2: raise KeyboardInterrupt
+        return make_inputs(batch, *a, **k)
+    monkeypatch.setattr(T, 'make_inputs', interrupt_at_2)
+    assert cli(tmp_path / 'run', '--steps', '3', '--ckpt-every', '3') == 130
+    assert load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')['step'] == 1
 
 
 def test_resume_refuses_other_settings(tmp_path, capsys):
