@@ -1,0 +1,190 @@
+"Tests for pal.features: rows and times as the manifest claims, seamless windowed extraction, bad files, shipped checkpoints."
+import json, math, shutil
+from pathlib import Path
+
+import numpy as np
+import pytest, torch
+from hypothesis import given, settings, strategies as st
+
+from pal.encoder import Encoder
+from pal.features import (ClipGrid, extract, extract_cli, extract_features, feature_names, load_model, random_encoder,
+                          receptive_field, context_margin, window_plan, save_encoder, slim_checkpoint, preprocess, ExtractError)
+from pal.samples import sample_dir
+from pal.sampling import PasteConfig
+from pal.train import TrainConfig, TrainingError, load_encoder
+from pal.video import VideoReader
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = json.loads((sample_dir() / 'manifest.json').read_text())['videos']
+INFO = {Path(v['file']).stem: v for v in SAMPLES}
+
+
+@pytest.fixture(scope='module')
+def extracted(tmp_path_factory):
+    "Random-encoder features of four sample videos (one in a subfolder, one duplicate name) plus two bad files."
+    d = tmp_path_factory.mktemp('ex')
+    vids = d / 'videos'; (vids / 'sub').mkdir(parents=True)
+    for n in ('plaid.mp4', 'dots.avi', 'waves.webm'): shutil.copy(sample_dir() / n, vids / n)
+    shutil.copy(sample_dir() / 'stripes_odd.mkv', vids / 'sub' / 'plaid.mkv')  # same stem as plaid.mp4, other folder
+    (vids / 'sub' / 'text.mp4').write_text('not a video')
+    (vids / 'empty.avi').write_bytes(b'')
+    lines = []
+    man = extract('random', vids, d / 'out', window=3, progress=False, log=lines.append)
+    return d, man, lines
+
+
+def test_rows_and_times_are_what_the_manifest_claims(extracted):
+    d, man, _ = extracted
+    src = {'plaid': 'plaid', 'dots': 'dots', 'waves': 'waves', 'sub/plaid': 'stripes_odd'}
+    assert sorted(man['videos']) == sorted(src)
+    for name, sample in src.items():
+        v, info = man['videos'][name], INFO[sample]
+        assert (v['num_frames'], v['fps']) == (info['frames'], info['fps'])
+        assert v['clip_frames'] == v['feature_stride'] == 16 == man['clip_len'] * man['frame_stride']
+        rows = math.ceil(info['frames'] / 16)  # every frame in exactly one clip
+        f = np.load(d / 'out' / v['features'])
+        assert f.shape == (rows, 128) == (v['rows'], man['dim']) and f.dtype == np.float32
+        t = np.array(v['times'])
+        np.testing.assert_allclose(t, (np.arange(rows) * 16 + 8) / info['fps'], atol=1e-6)  # clip centres
+        assert np.all(np.diff(t) > 0) and t[-1] < (rows * 16) / info['fps']
+        assert np.isfinite(f).all() and f.std(0).max() > 0
+
+
+def test_same_stem_in_two_folders_does_not_overwrite(extracted):
+    d, man, _ = extracted
+    a, b = np.load(d / 'out' / 'plaid.npy'), np.load(d / 'out' / 'sub' / 'plaid.npy')
+    assert a.shape != b.shape  # 96 vs 120 frames: two files, two videos
+    assert man['videos']['sub/plaid']['file'] == 'sub/plaid.mkv'
+    assert feature_names([Path('v/x.mp4'), Path('v/x.avi'), Path('v/s/x.mp4')], Path('v')) == ['x_mp4', 'x_avi', 's/x']
+
+
+def test_bad_videos_are_named_and_skipped(extracted):
+    d, man, lines = extracted
+    assert sorted(s['file'] for s in man['skipped']) == ['empty.avi', 'sub/text.mp4']
+    skipped = [l for l in lines if 'skipping' in l]
+    assert len(skipped) == 2 and any('text.mp4' in l for l in skipped) and any('empty.avi' in l for l in skipped)
+    assert json.loads((d / 'out' / 'manifest.json').read_text())['skipped'] == man['skipped']
+
+
+def test_nothing_usable_exits_nonzero(tmp_path, capsys):
+    (tmp_path / 'v').mkdir(); (tmp_path / 'v' / 'a.mp4').write_bytes(b'\x00' * 64)
+    with pytest.raises(ExtractError, match='none of 1'): extract('random', tmp_path / 'v', tmp_path / 'o', progress=False, log=None)
+    with pytest.raises(SystemExit) as e:
+        extract_cli(['--checkpoint', 'random', '--videos', str(tmp_path / 'v'), '--out', str(tmp_path / 'o'), '--no-progress'])
+    out = capsys.readouterr()
+    assert e.value.code == 1 and 'skipping' in out.out and 'a.mp4' in out.out and 'none of 1' in out.err
+    with pytest.raises(SystemExit) as e:
+        extract_cli(['--checkpoint', str(tmp_path / 'missing.pt'), '--videos', str(sample_dir()), '--out', str(tmp_path / 'o2')])
+    assert e.value.code == 1
+
+
+def test_cli_writes_a_loadable_folder(tmp_path):
+    from pal.localize import load_features
+    extract_cli(['--checkpoint', 'random', '--videos', str(sample_dir() / 'dots.avi'), '--out', str(tmp_path), '--no-progress'])
+    fv = load_features(tmp_path)['dots']
+    assert fv.feats.shape == (5, 128) and fv.stride == pytest.approx(16 / 12) and fv.duration == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize('clip_len,frame_stride', [(8, 2), (4, 1)])
+def test_windowed_extraction_equals_one_pass(clip_len, frame_stride):
+    cfg = TrainConfig(paste=PasteConfig(clip_len=clip_len, frame_stride=frame_stride), seed=3)
+    enc = random_encoder(cfg)
+    r = VideoReader(sample_dir() / 'rings.avi', size=cfg.decode_hw)  # 125 frames
+    ref = extract_features(enc, r, cfg.augment, frame_stride, window=10_000)  # one pass
+    assert len(ref) == math.ceil(125 / (clip_len * frame_stride))
+    m = context_margin(enc)
+    for w in (2 * m + 1, 2 * m + 2, 2 * m + 5):
+        np.testing.assert_allclose(extract_features(enc, r, cfg.augment, frame_stride, window=w, margin=m), ref, rtol=1e-5, atol=1e-6)
+    # the margin is needed: without it the windows leave seams (so the check above can fail)
+    naive = extract_features(enc, r, cfg.augment, frame_stride, window=2, margin=0)
+    assert np.abs(naive - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+def test_receptive_field_is_exact_for_the_tiny_net():
+    torch.manual_seed(0)
+    enc = Encoder('tiny', clip_len=8).eval()
+    before, after = receptive_field(enc)
+    assert (before, after) == (8, 5)
+    L, k = 8, 4
+    x = torch.randn(1, 3, 9 * L, 16, 16)
+    with torch.no_grad():
+        f = enc(x)[0, :, k]
+        def changed(frame):
+            y = x.clone(); y[:, :, frame] += 5
+            return (enc(y)[0, :, k] - f).abs().max().item() > 1e-6
+        assert changed(k * L - before) and changed(k * L + L - 1 + after)  # the reach's ends do matter
+        assert not changed(k * L - before - 1) and not changed(k * L + L + after)  # one frame further does not
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 50), st.integers(0, 10))
+def test_window_plan_tiles_with_context(rows, window, margin):
+    if rows > window and window <= 2 * margin:
+        with pytest.raises(ValueError): window_plan(rows, window, margin)
+        return
+    plan = window_plan(rows, window, margin)
+    assert [c for _, lo, hi in plan for c in range(lo, hi)] == list(range(rows))
+    for a, lo, hi in plan:
+        assert 0 <= a and a + min(window, rows) <= rows
+        assert a == 0 or lo - a >= margin
+        assert a + window >= rows or a + window - hi >= margin
+
+
+def test_clip_grid_clamps_the_last_clip():
+    g = ClipGrid(100, 25.0, 8, 2)
+    assert g.rows == 7 and g.frame_indices(6, 1).tolist() == [96, 98, 99, 99, 99, 99, 99, 99]
+    assert g.frame_indices(2, 2).tolist() == list(range(32, 64, 2))
+
+
+def test_preprocess_is_training_without_randomness():
+    from pal.paste import apply_augment, AugmentParams
+    cfg = TrainConfig()
+    frames = VideoReader(sample_dir() / 'plaid.mp4', size=cfg.decode_hw).get(range(8))
+    p = AugmentParams(torch.tensor([[0.0, 0.0, *frames.shape[1:3]]]), torch.tensor([False]), torch.tensor([[1.0, 1, 1, 0]]),
+                      torch.tensor([False]))
+    torch.testing.assert_close(preprocess(frames, cfg.augment), apply_augment(frames[None], p, cfg.augment)[0])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = TrainConfig(seed=5, width=8)
+    enc = random_encoder(cfg)
+    save_encoder(tmp_path / 'a.pt', cfg, enc, 'random', command='x')
+    enc2, cfg2, info = load_model(tmp_path / 'a.pt')
+    assert cfg2 == cfg and info['kind'] == 'random'
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), enc2.state_dict().values()))
+    slim_checkpoint(tmp_path / 'a.pt', tmp_path / 'b.pt', note='y')
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), load_encoder(tmp_path / 'b.pt').state_dict().values()))
+    with pytest.raises(TrainingError, match='nope.pt'): load_model(tmp_path / 'nope.pt')
+
+
+# shipped checkpoints (checkpoints/README.md says how they were made)
+SHIPPED = ROOT / 'checkpoints'
+
+@pytest.fixture(scope='module')
+def shipped():
+    if not (SHIPPED / 'pal.pt').is_file(): pytest.skip('checkpoints/ not present')
+    return {k: torch.load(SHIPPED / f'{k}.pt', map_location='cpu', weights_only=True) for k in ('random', 'video', 'pal')}
+
+
+def test_shipped_checkpoints_configs(shipped):
+    for kind, ck in shipped.items():
+        assert (SHIPPED / f'{kind}.pt').stat().st_size <= 5e6
+        assert ck['kind'] == kind and 'pal-bench' in ck['command'] and 'optimizer' not in ck
+        cfg = TrainConfig.from_dict(ck['config'])
+        assert (cfg.backbone, cfg.mode, cfg.size, cfg.paste.clip_len, cfg.paste.frame_stride, cfg.seed) == ('tiny', 'sequence', 32, 4, 1, 0)
+        assert cfg.method == ('pal' if kind == 'random' else kind)
+        assert ck['step'] == (0 if kind == 'random' else cfg.steps)
+        # the stored config rebuilds the architecture: strict load, same parameter shapes
+        enc = Encoder(cfg.backbone, cfg.mode, cfg.paste.clip_len, width=cfg.width)
+        enc.load_state_dict(ck['encoder'])
+        assert {k: v.shape for k, v in enc.state_dict().items()} == {k: v.shape for k, v in ck['encoder'].items()}
+
+
+def test_shipped_weights_differ_from_random(shipped):
+    rnd = random_encoder(TrainConfig.from_dict(shipped['random']['config'])).state_dict()
+    assert all(torch.equal(rnd[k], v) for k, v in shipped['random']['encoder'].items())  # random.pt is the seeded init
+    w = lambda ck: torch.cat([v.flatten().float() for k, v in ck['encoder'].items() if k.endswith('weight')])
+    for kind in ('video', 'pal'):
+        d = (w(shipped[kind]) - w(shipped['random'])).norm() / w(shipped['random']).norm()
+        assert d > 0.01, f'{kind}.pt is (almost) the random init'
+    assert not torch.equal(w(shipped['video']), w(shipped['pal']))
