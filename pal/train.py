@@ -57,7 +57,7 @@ class TrainConfig:
     backbone: str = 'tiny'  # 'tiny' (CPU-sized), 'r3d_18' or 'r2plus1d_18'
     width: int = 16  # stem channels of the tiny backbone
     mode: str = 'sequence'  # encoder context: 'sequence' (whole synthetic video) or 'clip' (each clip alone)
-    steps: int = 150  # optimizer steps
+    steps: int = 100  # optimizer steps
     batch_size: int = 6  # source videos per step, over all processes (2 synthetic videos each)
     size: int = 32  # side of the square frames the encoder sees, px
     decode_size: tuple[int, int] | None = None  # (H, W) videos are decoded to before cropping; None: about (8/7, 32/21) x size

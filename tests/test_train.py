@@ -27,10 +27,12 @@ def weights(out):
     return {**{'encoder.' + k: v for k, v in ck['encoder'].items()}, **{'head.' + k: v for k, v in ck['head'].items()}}
 
 
-@pytest.mark.parametrize('method', ['pal', 'video'])
+@pytest.mark.parametrize('method', ['pal', 'video', 'pal-moco'])
 def test_short_run(tmp_path, method, capsys):
     out = tmp_path / 'run'
-    assert cli(out, '--method', method, '--steps', '3', '--ckpt-every', '2') == 0
+    moco = ['--moco', '--queue-size', '16'] if method.endswith('moco') else []
+    method = method.removesuffix('-moco')
+    assert cli(out, '--method', method, '--steps', '3', '--ckpt-every', '2', *moco) == 0
     printed = capsys.readouterr().out
     for name in ('checkpoint.pt', 'config.json', 'log.csv', 'loss.png', 'sample.png'):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -52,6 +54,8 @@ def test_short_run(tmp_path, method, capsys):
     assert {'encoder', 'head', 'optimizer', 'scheduler', 'step', 'rng', 'config', 'videos'} <= set(ck)
     assert ck['step'] == 3 and ck['scheduler']['last_epoch'] == 3 and TrainConfig.from_dict(ck['config']) == cfg
     assert len(ck['videos']) == 7 and ck['optimizer']['state']  # momentum buffers are saved
+    if moco: assert ck['moco']['filled'] == 16 and ck['moco']['queue'].abs().sum() > 0  # 3 steps x 8 keys fill the queue
+    else: assert ck['moco'] is None
     # the saved encoder works
     enc = load_encoder(out / 'checkpoint.pt')
     feats = enc(torch.zeros(1, 3, 8, 32, 32))
