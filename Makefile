@@ -1,5 +1,5 @@
 demo:
-	bash tools/demo.sh
+	bash tools/demo.sh $(ARGS)
 
 test:
 	bash tools/test.sh
