@@ -219,7 +219,7 @@ class AugmentConfig:
 @dataclass
 class AugmentParams:
     "The drawn augmentation of N videos."
-    box: Tensor # [N, 4] float: crop (y0, x0, h, w) in input pixels
+    box: Tensor # [N, 4] float: crop (y0, x0, h, w) in whole input pixels (rounded if not)
     flip: Tensor # [N] bool
     color: Tensor # [N, 4] float: brightness, contrast, saturation factors and hue shift; (1, 1, 1, 0) is none
     gray: Tensor # [N] bool
@@ -242,7 +242,8 @@ def sample_augment(n: int, H: int, W: int, # videos and their frame size
     lr = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
     ratio = torch.exp(lr[0] + u[:, 1] * (lr[1] - lr[0]))
     w, h = (area * ratio).sqrt().clamp(max=W), (area / ratio).sqrt().clamp(max=H)  # clamped, not redrawn
-    box = torch.stack([u[:, 2] * (H - h), u[:, 3] * (W - w), h, w], 1).float()
+    h, w = h.round().clamp(1, H), w.round().clamp(1, W)  # whole pixels
+    box = torch.stack([(u[:, 2] * (H - h + 1)).floor(), (u[:, 3] * (W - w + 1)).floor(), h, w], 1).float()
     jit = u[:, 5] < cfg.jitter_p
     f = lambda k, a: torch.where(jit, 1 + a * (2 * u[:, k] - 1), 1.0)
     color = torch.stack([f(6, cfg.brightness), f(7, cfg.contrast), f(8, cfg.saturation),
@@ -269,15 +270,37 @@ def colour_matrix(color: Tensor, # [N, 4] brightness, contrast, saturation, hue
     M = torch.linalg.inv(yiq) @ R @ yiq @ S
     return torch.where(gray.view(-1, 1, 1), G @ M, M)
 
-def _jitter(x: Tensor, color: Tensor, gray: Tensor) -> Tensor:
-    "Colour jitter of `x` [N, 3, T, h, w] in [0, 1], one set of factors per video."
+def _crop_resize(videos: Tensor, # [N, T, H, W, 3] uint8
+                 box: Tensor, # [N, 4] (y0, x0, h, w), whole pixels
+                 flip: Tensor, # [N] bool
+                 size: tuple[int, int], # output (h, w)
+                ) -> Tensor: # [N, 3, T, h, w] float in 0..255
+    "Crop, resize and flip each video: one slice and one `F.interpolate` per video, from uint8 on the CPU."
+    N, T, H, W, _ = videos.shape
+    out = torch.empty(N, 3, T, *size, device=videos.device)
+    for n, ((y0, x0, bh, bw), f) in enumerate(zip(box.round().long().tolist(), flip.tolist())):
+        if not (0 <= y0 and 0 <= x0 and 0 < bh and 0 < bw and y0 + bh <= H and x0 + bw <= W):
+            raise ValueError(f'crop box (y0, x0, h, w) = {(y0, x0, bh, bw)} of video {n} is not inside its {H}x{W} frames')
+        crop = videos[n, :, y0:y0 + bh, x0:x0 + bw].permute(0, 3, 1, 2)  # [T, 3, bh, bw], a view
+        if not crop.is_cpu: crop = crop.float()  # the uint8 bilinear kernel is CPU-only
+        r = F.interpolate(crop, size=size, mode='bilinear', align_corners=False)  # [T, 3, h, w]
+        out[n] = (r.flip(-1) if f else r).transpose(0, 1)
+    return out
+
+def _jitter_(x: Tensor, # [N, 3, T, h, w] float in 0..white, overwritten
+             color: Tensor, gray: Tensor,
+             white: float = 1.0, # the value of white: 1 for [0, 1] pixels, 255 for 0..255
+            ) -> Tensor: # [N, 3, T, h, w] in 0..white
+    "Colour jitter, one set of factors per video, in place where it can be."
     N = len(x)
     v = lambda c: c.view(-1, 1, 1, 1, 1)
-    x = (x * v(color[:, 0])).clamp_(0, 1)  # brightness
+    x.mul_(v(color[:, 0])).clamp_(0, white)  # brightness
     m = torch.einsum('c,nc->n', _LUMA.to(x.device), x.mean((2, 3, 4)))  # mean grey of the whole video
-    x = (x * v(color[:, 1]) + v(m * (1 - color[:, 1]))).clamp_(0, 1)  # contrast around that mean
-    x = torch.bmm(colour_matrix(color, gray), x.reshape(N, 3, -1)).view_as(x)  # saturation, hue, greyscale
-    return x.clamp_(0, 1)
+    x.mul_(v(color[:, 1])).add_(v(m * (1 - color[:, 1]))).clamp_(0, white)  # contrast around that mean
+    x = torch.bmm(colour_matrix(color, gray), x.view(N, 3, -1)).view_as(x)  # saturation, hue, greyscale
+    return x.clamp_(0, white)
+
+_NO_JITTER = torch.tensor([1.0, 1.0, 1.0, 0.0])  # brightness, contrast, saturation, hue that change nothing
 
 def apply_augment(videos: Tensor, # [..., T, H, W, 3] uint8, any device
                   params: AugmentParams, # for the flattened leading dimensions
@@ -286,21 +309,18 @@ def apply_augment(videos: Tensor, # [..., T, H, W, 3] uint8, any device
     "Apply drawn crops, flips and colour jitter: the same ones to every frame of a video."
     cfg = cfg or AugmentConfig()
     *lead, T, H, W, _ = videos.shape
-    dev, (h, w) = videos.device, cfg.size
-    x = videos.reshape(-1, T, H, W, 3).permute(0, 1, 4, 2, 3).reshape(-1, T * 3, H, W).float() / 255  # [N, 3T, H, W]
-    N = x.shape[0]
-    if len(params.box) != N: raise ValueError(f'{len(params.box)} augmentation draws for {N} videos')
-    y0, x0, bh, bw = params.box.to(dev).unbind(1)
-    sx = bw / W * torch.where(params.flip.to(dev), -1.0, 1.0)
-    theta = torch.zeros(N, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2] = sx, 2 * (x0 + bw / 2) / W - 1
-    theta[:, 1, 1], theta[:, 1, 2] = bh / H, 2 * (y0 + bh / 2) / H - 1
-    grid = F.affine_grid(theta, [N, T * 3, h, w], align_corners=False)  # one grid per video
-    x = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)  # [N, 3T, h, w]
-    x = x.view(N, T, 3, h, w).transpose(1, 2).contiguous()  # [N, 3, T, h, w]
-    x = _jitter(x, params.color.to(dev), params.gray.to(dev))
-    mean, std = (torch.tensor(c, device=dev).view(1, 3, 1, 1, 1) for c in (cfg.mean, cfg.std))
-    return ((x - mean) / std).reshape(*lead, 3, T, h, w)
+    dev = videos.device
+    v = videos.reshape(-1, T, H, W, 3)
+    if len(params.box) != len(v): raise ValueError(f'{len(params.box)} augmentation draws for {len(v)} videos')
+    x = _crop_resize(v, params.box, params.flip, tuple(cfg.size))  # [N, 3, T, h, w] in 0..255
+    color, gray = params.color.cpu(), params.gray.cpu()
+    jit = (color != _NO_JITTER).any(1) | gray  # videos whose colours change (the others skip the jitter: exact)
+    if jit.all(): x = _jitter_(x, color.to(dev), gray.to(dev), 255.0)
+    elif jit.any():
+        i = jit.nonzero().flatten().to(dev)
+        x[i] = _jitter_(x[i], color[jit].to(dev), gray[jit].to(dev), 255.0)
+    mean, std = (255 * torch.tensor(c, device=dev).view(1, 3, 1, 1, 1) for c in (cfg.mean, cfg.std))
+    return x.sub_(mean).div_(std).reshape(*lead, 3, T, *cfg.size)  # (x / 255 - mean) / std
 
 def augment(videos: Tensor, # [..., T, H, W, 3] uint8, e.g. [B, 2, T, H, W, 3] from `paste_batch`
             cfg: AugmentConfig | None = None,

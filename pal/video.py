@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import decord
 import numpy as np
 import torch
@@ -118,8 +119,18 @@ def _decode_all(path: Path):
             return [(f.pts, bool(f.key_frame)) for f in c.decode(c.streams.video[0])]
     except av.FFmpegError as e: raise VideoError(f'{path}: decoding failed ({type(e).__name__}: {e})') from None
 
+def _packet_table(path: Path) -> FrameTable:
+    "The table of a file whose packets can be trusted (`probe(path).seekable`), from its packets alone: no decoding."
+    try:
+        with av.open(str(path)) as c: pk = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size]
+    except av.FFmpegError as e: raise VideoError(f'{path}: reading packets failed ({type(e).__name__}: {e})') from None
+    pts = sorted(p for p, _ in pk)  # presentation order
+    at = {p: k for k, p in enumerate(pts)}
+    return FrameTable(tuple(pts), tuple(sorted(at[p] for p, key in pk if key)), True)
+
 @lru_cache(maxsize=256)
 def _frame_table_cached(path: str, size: int, mtime_ns: int) -> FrameTable:
+    if probe(path).seekable: return _packet_table(Path(path))
     frames = _decode_all(Path(path))
     if not frames: raise VideoError(f'{path}: no frame decodes')
     pts = tuple(p for p, _ in frames)
@@ -127,13 +138,14 @@ def _frame_table_cached(path: str, size: int, mtime_ns: int) -> FrameTable:
     return FrameTable(pts, tuple(k for k, (_, key) in enumerate(frames) if key and by_pts) or (0,), by_pts)
 
 def frame_table(path: str | Path) -> FrameTable:
-    "Decode `path` once (no pixel conversion) and remember each frame's pts; cached per file version."
+    "Each frame's pts and the keyframes of `path`: from its packets where `probe` trusts them, else from one full decode (no pixel conversion); cached per file version."
     return _frame_table_cached(*_cache_key(Path(path)))
 
 # %% ../nbs/00_video.ipynb #6f47dc78
-def _rgb(frame: av.VideoFrame, size) -> np.ndarray:
-    if size is None: return frame.to_ndarray(format='rgb24')
-    return frame.reformat(height=size[0], width=size[1], format='rgb24', interpolation='BILINEAR').to_ndarray()
+def _rgb(frame: av.VideoFrame, size, fmt: VideoReformatter) -> np.ndarray:
+    "RGB pixels of `frame`, resized to `size`; `fmt` is reused so its scaler is set up once, not per frame."
+    if size is None: return fmt.reformat(frame, format='rgb24').to_ndarray()
+    return fmt.reformat(frame, height=size[0], width=size[1], format='rgb24', interpolation='BILINEAR').to_ndarray()
 
 def _frames_from(path: Path, tab: FrameTable, start: int):
     "Yield `(k, frame)` in order of k, decoding from the keyframe `start` (0: from the beginning, no seek)."
@@ -153,6 +165,8 @@ def _frames_from(path: Path, tab: FrameTable, start: int):
         else: return
     yield from _frames_from(path, tab, 0)  # overshot: decode from the beginning instead
 
+_SEEK_GAP = 16  # a wanted frame at most this many frames ahead is decoded to, not sought: cheaper than reopening
+
 def read_exact(path: str | Path,
                indices: list[int],  # sorted, unique frame indices
                size: tuple[int, int] | None = None,  # (H, W) to resize to
@@ -161,20 +175,21 @@ def read_exact(path: str | Path,
     "Frames `indices` as uint8 `[T, H, W, 3]`, decoded with PyAV from the keyframe before each run; exact on any stream."
     path, out, i, own = Path(path), [], 0, state is None
     tab, state = frame_table(path), {} if state is None else state
+    fmt = state.setdefault('fmt', VideoReformatter())
     restarts = sorted({0, *tab.keys})
     restart = lambda k: restarts[bisect.bisect_right(restarts, k) - 1]
     try:
         while i < len(indices):
             gen, last = state.get('gen'), state.get('k', -1)
-            if gen is None or not last < indices[i] or restart(indices[i]) > last + 1:  # cannot just go on decoding
+            if gen is None or not last < indices[i] or (restart(indices[i]) > last + 1 and indices[i] - last > _SEEK_GAP):  # cannot or should not go on
                 if gen is not None: gen.close()
                 gen = state['gen'] = _frames_from(path, tab, restart(indices[i]))
             for k, f in gen:
                 state['k'] = k
                 if k < indices[i]: continue
                 if k > indices[i]: raise VideoError(f'{path}: frame {indices[i]} did not come out of the decoder')
-                out.append(_rgb(f, size)); i += 1
-                if i == len(indices) or restart(indices[i]) > k + 1: break  # done, or a keyframe is closer: seek
+                out.append(_rgb(f, size, fmt)); i += 1
+                if i == len(indices) or (restart(indices[i]) > k + 1 and indices[i] - k > _SEEK_GAP): break  # done, or seek to a keyframe
             else:
                 state['gen'] = None
                 raise VideoError(f'{path}: stream ended before frame {indices[i]}')
@@ -188,12 +203,12 @@ class VideoReader:
     "Exact random access to the frames of one video, as uint8 `[T, H, W, 3]` tensors."
     def __init__(self, path: str | Path,
                  size: tuple[int, int] | None = None,  # (H, W) to resize to while decoding; None keeps the file's size
-                 mode: str = 'auto',  # 'auto': decord where its seeking is right, else 'exact'; or force 'decord' / 'exact'
+                 mode: str = 'auto',  # 'auto' = 'exact': PyAV by the pts table, right on any stream; 'decord': decord's seeking (only where `probe` trusts the file)
                 ):
         self.path, self.size = Path(path), size
         self.info = probe(self.path)
         if mode not in ('auto', 'decord', 'exact'): raise ValueError(f'unknown mode {mode!r}')
-        self.mode = mode if mode != 'auto' else ('decord' if self.info.seekable else 'exact')
+        self.mode = 'exact' if mode == 'auto' else mode
         self.height, self.width = size if size is not None else (self.info.height, self.info.width)
         self.fps = self.info.fps
         # the true count: the packets, or in exact mode the frames a full decode yields
@@ -232,10 +247,10 @@ class VideoReader:
         if len(idx) == 0: return torch.zeros(0, self.height, self.width, 3, dtype=torch.uint8)
         uniq, inv = torch.unique(idx, return_inverse=True)  # sorted
         read = self._read_decord if self.mode == 'decord' else self._read_exact
-        try: frames = read(uniq.tolist())  # [U, H, W, 3]
+        try: frames = torch.from_numpy(read(uniq.tolist()))  # [U, H, W, 3]
         finally:
             if not self._held: self.close()
-        return torch.from_numpy(frames)[inv]  # [T, H, W, 3]
+        return frames if len(uniq) == len(idx) and torch.equal(uniq, idx) else frames[inv]  # [T, H, W, 3]
 
     def _read_decord(self, uniq: list[int]) -> np.ndarray:
         try:

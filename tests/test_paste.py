@@ -108,7 +108,7 @@ def test_batched_on_gpu(readers):
     gpu, _ = synth_batch(readers[:4], seed=2, alpha=0.5, device='cuda')
     assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
     a, b = augment(cpu, generator=5), augment(gpu, generator=5)
-    assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-4)
+    assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1.01 / 255 / min(AugmentConfig().std))  # CPU resizes uint8: within one grey level
 
 
 def test_paste_batch_handmade():
