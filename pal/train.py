@@ -643,7 +643,7 @@ def save_figures(run: Run, cfg: TrainConfig, dataset: PalDataset):
 
 # %% ../nbs/06_training.ipynb #482246d0
 _CHOICES = dict(method=METHODS, backbone=BACKBONES, mode=('sequence', 'clip'), optimizer=('sgd', 'adamw'),
-                position=('any', 'inside'))
+                position=('any', 'inside'), align=('pooled', 'dense'))
 _SKIP = {'paste', 'augment', 'augment.size', 'augment.mean', 'augment.std'}
 
 def _arg_kind(tp: str) -> tuple:
