@@ -15,13 +15,13 @@ import matplotlib.pyplot as plt
 
 from .toybench import ToyConfig, toy_config, generate, ToyBench
 from .train import TrainConfig, TrainingError, fit, load_checkpoint, read_log
-from .features import extract, random_encoder, save_encoder, slim_checkpoint
+from .features import extract, random_encoder, save_encoder, slim_checkpoint, row_labels, boundary_curve
 from .localize import HeadConfig, load_features, train_head, predict, evaluate, TIOU_PRESETS
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BENCH_PRESETS', 'BenchConfig', 'bench_config', 'make_toy_config', 'make_train_config', 'run_key',
            'pretrained', 'features', 'probe', 'summarize', 'results_table', 'plot_results', 'machine', 'run_bench',
-           'write_results', 'bench_parser', 'bench_cli']
+           'write_results', 'bench_parser', 'bench_cli', 'row_dataset', 'identity_share', 'row_probe', 'diagnose']
 
 # %% ../nbs/09_benchmark.ipynb #f1428376
 VARIANTS = {  # encoder name -> (pretraining method, or 'random'; TrainConfig overrides on top of the preset's)
@@ -32,10 +32,12 @@ VARIANTS = {  # encoder name -> (pretraining method, or 'random'; TrainConfig ov
     'pal-bgneg': ('pal', {'background_negatives': True}),  # backgrounds next to the pastes as hard negatives
     'pal-noscale': ('pal', {'paste': {'min_scale': 1.0, 'max_scale': 1.0}}),  # no temporal scale change
     'pal-inside': ('pal', {'paste': {'position': 'inside'}}),  # background on both sides of every paste
+    'pal-dense': ('pal', {'align': 'dense', 'paste': {'same_region': True}}),  # the same span in both, aligned bin by bin
     'video-clip': ('video', {'mode': 'clip'}),
 }
 
-_TOY_TRAIN = dict(size=32, decode_size=(40, 40), paste=dict(n_clips=8, clip_len=4, frame_stride=1), ckpt_every=25)
+_TOY_TRAIN = dict(size=32, decode_size=(40, 40), paste=dict(n_clips=8, clip_len=4, frame_stride=1), ckpt_every=25,
+                  optimizer='sgd', lr=0.003, momentum=0.9, weight_decay=1e-4, warmup_steps=10, temperature=0.1)  # pinned
 
 BENCH_PRESETS = {
     'tiny': dict(toy=dict(preset='small', n_unlabeled=3, n_train=3, n_test=2, duration=(8.0, 10.0)),  # tests: ~1 min
@@ -319,3 +321,48 @@ def bench_cli(argv: Sequence[str] | None = None):
                 p = slim_checkpoint(r['checkpoint'], dst / f"{r['method']}.pt", kind=VARIANTS[r['method']][0], command=command,
                                     bench_preset=a.preset, toy_key=res['toy_key'], seed=str(r['seed']))
                 print(f'pal-bench: wrote {p} ({p.stat().st_size / 1e6:.1f} MB)')
+
+# %% ../nbs/09_benchmark.ipynb #28e074eb
+def row_dataset(feats: dict, gt: dict, classes: Sequence[str], center: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Rows `[R, C]` of every labelled video (minus each video's mean row if `center`), their class index (0 = background) and video index."
+    db = gt.get('database', gt)
+    X, y, v = [], [], []
+    for i, name in enumerate(n for n in sorted(db) if n in feats):
+        fv, anns = feats[name], db[name]['annotations']
+        lab = row_labels(fv.times, [a['segment'] for a in anns], [a['label'] for a in anns])
+        X.append(fv.feats - fv.feats.mean(0) if center else fv.feats)
+        y += [0 if l == 'background' else 1 + list(classes).index(l) for l in lab]; v += [i] * len(fv.feats)
+    return np.concatenate(X), np.array(y), np.array(v)
+
+def identity_share(feats: dict) -> float:
+    "Between-video share of the rows' total feature variance."
+    X = np.concatenate([f.feats for f in feats.values()])
+    means = np.concatenate([np.repeat(f.feats.mean(0, keepdims=True), len(f.feats), 0) for f in feats.values()])
+    return float(((means - X.mean(0)) ** 2).sum() / ((X - X.mean(0)) ** 2).sum())
+
+def row_probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], n_classes: int, l2: float = 1e-3) -> float:
+    "Balanced accuracy on `test` of a class-balanced linear softmax classifier fitted (L-BFGS) on `train`; each is (rows [R, C], labels [R])."
+    (Xtr, ytr), (Xte, yte) = train, test
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
+    xtr, xte = (torch.tensor((x - mu) / sd, dtype=torch.float32) for x in (Xtr, Xte))
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(xtr.shape[1], n_classes)
+    with torch.no_grad(): lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.01); lin.bias.zero_()
+    w = torch.tensor(1 / np.bincount(ytr, minlength=n_classes).clip(1), dtype=torch.float32)
+    opt, yt = torch.optim.LBFGS(lin.parameters(), max_iter=200), torch.tensor(ytr)
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(xtr), yt, weight=w) + l2 * lin.weight.pow(2).sum()
+        loss.backward(); return loss
+    opt.step(closure)
+    with torch.no_grad(): pred = lin(xte).argmax(1).numpy()
+    return float(np.mean([np.mean(pred[yte == c] == c) for c in range(n_classes) if (yte == c).any()]))
+
+def diagnose(feats: dict, gt_train: dict, gt_test: dict, classes: Sequence[str]) -> dict:
+    "Identity share, row-probe balanced accuracy and boundary contrast of one encoder's features (`feats`: split -> name -> FeatureVideo)."
+    test_db = gt_test['database']
+    curve = boundary_curve([(f.feats, f.times, np.array([a['segment'] for a in test_db[n]['annotations']]).reshape(-1, 2))
+                            for n, f in feats['test'].items() if n in test_db])
+    acc = row_probe(row_dataset(feats['train'], gt_train, classes)[:2], row_dataset(feats['test'], gt_test, classes)[:2], 1 + len(classes))
+    return dict(identity_share=identity_share(feats['test']), row_probe=acc, boundary_contrast=float(curve[0] / np.nanmean(curve[2:])),
+                boundary_curve=curve.tolist())
