@@ -90,6 +90,9 @@ def optimisation_rows(R: dict) -> list[str]:
                     f"60 s videos, PyAV path | {ms(v['before'])} (CPU {ms(v['before_cpu'])}) | {ms(v['after'])} (CPU {ms(v['after_cpu'])}) "
                     f"| {_x(v['speedup'])} (CPU {_x(v['speedup_cpu'])}) |")
     s = R.get('synthesis', {})
+    rows.append("| D | `pal.video`: `read_exact` decodes through gaps of up to 16 frames instead of reopening the file and seeking at "
+                "every keyframe it passes; `VideoReader.get` returns frames already in order without a gather copy | measured "
+                "together with A-C in the rows below | | | |")
     for size, p in s.get('per_sample', {}).items():
         rows.append(f"| C | `pal.paste.apply_augment`: whole-pixel crop as a uint8 slice, one `F.interpolate` per video (uint8 kernel on the CPU), "
                     f"colour jitter in place and skipped where a draw changes nothing, instead of a float copy of whole frames and one "
@@ -101,8 +104,7 @@ def optimisation_rows(R: dict) -> list[str]:
         rows.append(f"| A-D | all of the above | loader, {l['workers']} workers, {size} px, s per batch | {ms(l['loader_before'])} | {ms(l['loader'])} "
                     f"| {_x(l['loader_before'] / l['loader'])} |")
     for size, v in R.get('extraction', {}).items():
-        rows.append(f"| A-D | all of the above, with D: `read_exact` decodes through gaps of <= 16 frames instead of reopening at every keyframe, "
-                    f"`get` returns frames already in order without a copy | `pal-extract` of one 60 s video, {size} px | {ms(v['before'])} "
+        rows.append(f"| A-D | all of the above | `pal-extract` of one 60 s video, {size} px | {ms(v['before'])} "
                     f"(CPU {ms(v['before_cpu'])}) | {ms(v['extract'])} (CPU {ms(v['extract_cpu'])}) | {_x(v['speedup'])} |")
         rows.append(f"| E (proposed) | `pal.features.extract_features`: decode + preprocess the next windows in a background thread "
                     f"(prototype in `benchmarks/extraction.py`; same features: {v['prefetch_same_features']}) | `pal-extract` core, {size} px | "
@@ -133,6 +135,32 @@ the work on one core reaches 0.9x of the bare forward. At 112 px decoding costs 
 forward: overlapping it with the forward (change E, proposed for `pal.features`, which helper G
 owns) is the way to the target; on this shared 2-core machine the second core is mostly taken by
 other jobs, so the overlap shows only part of its effect here.
+"""
+
+
+PROPOSALS = """\
+## Changes proposed to modules owned by others (not applied here)
+
+`pal.train` (fit, data loading):
+- `fit` reads the loss and statistics to the host (`.tolist()`, `math.isfinite`) on every step, before
+  `backward`: on a GPU that is a host sync per step. Keep them on the device and read every k steps
+  (the NaN check can lag a step). `gpu.py` times the step with and without it.
+- Put the model and the inputs in `torch.channels_last_3d` on CUDA (`gpu.py` times both layouts).
+- The default `workers = min(4, CPUs)` is too few for a GPU: a sample costs 0.2-0.3 s of CPU to decode
+  at 1 thread (row 2a), so a batch of 32 needs about 8 s of CPU; use about `CPUs - 1` and
+  `persistent_workers=True` (`gpu.py` measures the loader with the default and with all workers).
+- On the CPU, `make_inputs` (paste and augment, 1.2 s of an 8.7 s step at 112 px, row 2b) runs in the
+  training process between steps; when the device is the CPU, doing it in the workers (in `collate`)
+  would overlap it with training.
+
+`pal.features` (extraction):
+- E above: decode and preprocess the next windows in a background thread while the encoder runs
+  (same features, measured 1.1-1.3x here; more where a core is free).
+- On CUDA: bf16 autocast and `channels_last_3d` in `extract_features` (`gpu.py` extraction row), and
+  pinned host frames copied with `non_blocking=True`.
+
+Shared docs: DESIGN.md and STYLE.md name decord as the decoder; `VideoReader` now reads with PyAV by
+default (decord stays as `mode='decord'`), see change A.
 """
 
 
@@ -197,7 +225,7 @@ def write_markdown(R: dict, path: Path, argv: list[str], seconds: float):
         '1 ms; the PAL head and loss add a few percent to the backbone (row 3); no frame is decoded twice '
         '(`load_bank` asks each video once for its unique frames).', '',
     ]
-    lines += [GPU_HOWTO, '']
+    lines += [PROPOSALS, GPU_HOWTO, '']
     if R.get('gpu'):
         lines += ['Last GPU run (`benchmarks/results/perf_gpu.json`):', '', '```', json.dumps(R['gpu'], indent=1), '```', '']
     path.write_text('\n'.join(lines))
