@@ -45,8 +45,8 @@ BENCH_PRESETS = {
     'small': dict(toy=dict(preset='small', n_train=48, n_test=48),  # 2 CPU cores: about a quarter of an hour
                   train=dict(_TOY_TRAIN, steps=300, batch_size=8), head={}, seeds=(0, 1, 2)),
     'large': dict(toy=dict(preset='large'),  # one GPU
-                  train=dict(_TOY_TRAIN, size=48, decode_size=(64, 64), width=32, steps=3000, batch_size=64, warmup_steps=100,
-                             ckpt_every=500), head=dict(epochs=60), seeds=(0, 1, 2)),
+                  train=dict(_TOY_TRAIN, size=48, decode_size=(64, 64), width=32, steps=3000, batch_size=64, lr=0.02,
+                             warmup_steps=100, ckpt_every=500), head=dict(epochs=60), seeds=(0, 1, 2)),
 }
 
 @dataclass

@@ -3,11 +3,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
+import pytest, torch
 
 from pal.bench import (VARIANTS, bench_cli, bench_config, make_train_config, run_key, summarize, results_table)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "Small tensors: one torch thread is faster than two competing ones on a shared CPU (restored afterwards)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')

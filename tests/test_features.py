@@ -15,6 +15,14 @@ from pal.train import TrainConfig, TrainingError, load_encoder
 from pal.video import VideoReader
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "Small tensors: one torch thread is faster than two competing ones on a shared CPU (restored afterwards)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 SAMPLES = json.loads((sample_dir() / 'manifest.json').read_text())['videos']
 INFO = {Path(v['file']).stem: v for v in SAMPLES}
 
