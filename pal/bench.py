@@ -21,7 +21,8 @@ from .localize import HeadConfig, load_features, train_head, predict, evaluate, 
 # %% auto #0
 __all__ = ['VARIANTS', 'BENCH_PRESETS', 'BenchConfig', 'bench_config', 'make_toy_config', 'make_train_config', 'run_key',
            'pretrained', 'features', 'probe', 'summarize', 'results_table', 'plot_results', 'machine', 'run_bench',
-           'write_results', 'bench_parser', 'bench_cli', 'row_dataset', 'identity_share', 'row_probe', 'diagnose']
+           'write_results', 'bench_parser', 'bench_cli', 'row_dataset', 'identity_share', 'row_probe', 'diagnose',
+           'variant_table']
 
 # %% ../nbs/09_benchmark.ipynb #f1428376
 VARIANTS = {  # encoder name -> (pretraining method, or 'random'; TrainConfig overrides on top of the preset's)
@@ -359,10 +360,28 @@ def row_probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.n
     return float(np.mean([np.mean(pred[yte == c] == c) for c in range(n_classes) if (yte == c).any()]))
 
 def diagnose(feats: dict, gt_train: dict, gt_test: dict, classes: Sequence[str]) -> dict:
-    "Identity share, row-probe balanced accuracy and boundary contrast of one encoder's features (`feats`: split -> name -> FeatureVideo)."
+    "Identity share, action and class probes and boundary contrast of one encoder's features (`feats`: split -> name -> FeatureVideo)."
     test_db = gt_test['database']
     curve = boundary_curve([(f.feats, f.times, np.array([a['segment'] for a in test_db[n]['annotations']]).reshape(-1, 2))
                             for n, f in feats['test'].items() if n in test_db])
-    acc = row_probe(row_dataset(feats['train'], gt_train, classes)[:2], row_dataset(feats['test'], gt_test, classes)[:2], 1 + len(classes))
-    return dict(identity_share=identity_share(feats['test']), row_probe=acc, boundary_contrast=float(curve[0] / np.nanmean(curve[2:])),
-                boundary_curve=curve.tolist())
+    (X, y, _), (Xt, yt, _) = row_dataset(feats['train'], gt_train, classes), row_dataset(feats['test'], gt_test, classes)
+    m, mt = y > 0, yt > 0
+    return dict(identity_share=identity_share(feats['test']),
+                action_probe=row_probe((X, m.astype(int)), (Xt, mt.astype(int)), 2),
+                class_probe=row_probe((X[m], y[m] - 1), (Xt[mt], yt[mt] - 1), len(classes)),
+                boundary_contrast=float(curve[0] / np.nanmean(curve[2:])), boundary_curve=curve.tolist())
+
+# %% ../nbs/09_benchmark.ipynb #451b7ded
+def variant_table(res: dict, diag: list[dict]) -> str:
+    "Markdown: per encoder, average mAP (mean ± std over seeds) beside the feature diagnostics and the pretraining's end (means over seeds)."
+    mean = lambda xs: np.mean(xs) if len(xs) else float('nan')
+    out = ('| encoder | avg mAP (%) | identity share | action probe | class probe | boundary contrast | final loss | final top-1 |\n'
+           '|---|---:|---:|---:|---:|---:|---:|---:|\n')
+    for m, s in res['summary'].items():
+        d = [x for x in diag if x['method'] == m]
+        p = [r['pretrain'] for r in res['rows'] if r['method'] == m and r['pretrain']]
+        f = lambda k: f"{mean([x[k] for x in d]):.2f}"
+        tail = f"{mean([x['final_loss'] for x in p]):.2f} | {mean([x['final_top1'] for x in p]):.2f}" if p else '- | -'
+        out += (f"| {m} | {100 * s['mean'][-1]:.1f} ± {100 * s['std'][-1]:.1f} | {f('identity_share')} | {f('action_probe')} | "
+                f"{f('class_probe')} | {f('boundary_contrast')} | {tail} |\n")
+    return out
