@@ -1,15 +1,22 @@
 """4. Extraction: `pal-extract` throughput (clips per second, decoding included) vs the bare backbone
-forward on the same number of clips of the same shape.
+forward on the same number of clips of the same shape, and vs decoding alone.
 
 `pal.features.extract` is run as the command runs it (one untrimmed 60 s video, window 32 clips,
 4 windows per forward, the checkpoint's frame_stride 2), from a checkpoint written with the training
-config of each size; the bare forward is `encoder(x)` under `torch.no_grad()` on random tensors
-`[4, 3, 32 * clip_len, size, size]`, as many clips as the video has rows, with no context overlap,
-no decoding and no preprocessing.
+config of each size. Since change E, `extract_features` decodes and preprocesses the next windows in
+a background thread while the encoder runs, so the best it can do is the slower of its two halves:
+
+- bare forward: `encoder(x)` under `torch.no_grad()` on random tensors `[4, 3, 32 * clip_len, size, size]`,
+  as many clips as the video has rows, with no context overlap, no decoding and no preprocessing;
+- decode alone (the ceiling of the decoding half): `reader.get` + `preprocess` of every window of the
+  same plan, no encoder.
+
+"core" is `extract_features` alone on an open reader (no checkpoint loading, receptive-field probe or
+file writing, which `pal-extract` does once per run or per video). "no prefetch" is `pal-extract` with `extract_features(..., prefetch=False)` (the before of change E),
+"before" the code before issue 7 (`baseline.before()`, which also turns the prefetch off).
 """
 from __future__ import annotations
-import json, tempfile, time
-from concurrent.futures import ThreadPoolExecutor
+import contextlib, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,30 +33,31 @@ def _checkpoint(folder: Path, size: int) -> Path:
     return save_encoder(folder / f'random{size}.pt', cfg, random_encoder(cfg), kind='random')
 
 
+@contextlib.contextmanager
+def no_prefetch():
+    "Inside this block `pal.features.extract` calls `extract_features(..., prefetch=False)`: decoding and the encoder take turns."
+    import pal.features as F
+    orig = F.extract_features
+    F.extract_features = lambda *a, **k: orig(*a, **{**k, 'prefetch': False})
+    try: yield
+    finally: F.extract_features = orig
+
+
 @torch.no_grad()
-def extract_features_prefetch(encoder, reader, aug, frame_stride: int, window: int, margin: int, batch: int = 4) -> np.ndarray:
-    """`pal.features.extract_features` with one change, proposed for pal.features: the frames of the next
-    forward are decoded and preprocessed in a background thread while the encoder runs (PyAV and torch
-    release the GIL), so decoding hides behind the forward instead of adding to it."""
+def decode_only(reader, aug, clip_len: int, frame_stride: int, window: int, margin: int, batch: int = 4) -> int:
+    "What `extract_features` decodes and preprocesses for one video (`reader.get` + `preprocess` of every window), without the encoder; returns the rows."
     from pal.features import ClipGrid, window_plan, preprocess
-    grid = ClipGrid(reader.num_frames, reader.fps, encoder.clip_len, frame_stride)
-    plan = window_plan(grid.rows, max(window, 2 * margin + 1), margin)
-    n = min(max(window, 2 * margin + 1), grid.rows)
-    chunks = [plan[i:i + batch] for i in range(0, len(plan), batch)]
-    load = lambda chunk: preprocess(torch.stack([reader.get(grid.frame_indices(a, n)) for a, _, _ in chunk]), aug)
-    out = np.empty((grid.rows, encoder.out_dim), np.float32)
-    with ThreadPoolExecutor(1) as ex:
-        nxt = ex.submit(load, chunks[0])
-        for j, chunk in enumerate(chunks):
-            x = nxt.result()
-            if j + 1 < len(chunks): nxt = ex.submit(load, chunks[j + 1])
-            f = encoder(x).float()  # [b, C, n]
-            for (a, lo, hi), fi in zip(chunk, f): out[lo:hi] = fi[:, lo - a:hi - a].T.numpy()
-    return out
+    grid = ClipGrid(reader.num_frames, reader.fps, clip_len, frame_stride)
+    plan = window_plan(grid.rows, window, margin)
+    n = min(window, grid.rows)
+    for i in range(0, len(plan), batch):
+        preprocess(torch.stack([reader.get(grid.frame_indices(a, n)) for a, _, _ in plan[i:i + batch]]), aug)
+    return grid.rows
 
 
-def measure(size: int, reps: int, n_videos: int = 1) -> dict:
-    from pal.features import extract, load_model
+def measure(size: int, reps: int) -> dict:
+    from pal.features import extract, extract_features, load_model
+    from pal.video import VideoReader
     video = bench_videos('untrimmed')[0]
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -57,28 +65,43 @@ def measure(size: int, reps: int, n_videos: int = 1) -> dict:
         enc, cfg, _ = load_model(ck)
         man = extract(ck, video, d / 'warm', device='cpu', progress=False, log=None)  # also measures the receptive field once
         rows = next(iter(man['videos'].values()))['rows']
-        window, batch, L = man['window'], 4, enc.clip_len
+        window, margin, fs, batch, L = man['window'], man['margin'], man['frame_stride'], 4, enc.clip_len
         x = torch.randn(batch, 3, window * L, size, size)
         n_fwd = -(-rows // (window * batch))  # forwards of `batch` windows that cover `rows` clips
         @torch.no_grad()
         def bare(r):
             for _ in range(n_fwd): enc(x)
-        from pal.video import VideoReader
-        def prefetch(r):
-            with VideoReader(video, size=cfg.decode_hw) as reader:
-                return extract_features_prefetch(enc, reader, cfg.augment, man['frame_stride'], window, man['margin'], batch)
+        def decode(r):
+            with VideoReader(video, size=cfg.decode_hw) as reader: decode_only(reader, cfg.augment, L, fs, window, margin, batch)
         run = lambda r: extract(ck, video, d / f'out{r}', device='cpu', progress=False, log=None)
-        res = compare({'extract': run, 'before': lambda r: baseline.run_before(run, r), 'prefetch': prefetch, 'bare': bare}, reps)
+        def plain(r):
+            with no_prefetch(): return run(r)
+        def core(r):
+            with VideoReader(video, size=cfg.decode_hw) as reader: extract_features(enc, reader, cfg.augment, fs, window, margin, batch)
+        res = compare({'extract': run, 'noprefetch': plain, 'before': lambda r: baseline.run_before(run, r),
+                       'core': core, 'decode': decode, 'bare': bare}, reps)
         ref = np.load(d / 'warm' / next(iter(man['videos'].values()))['features'])
-        same = bool(np.allclose(prefetch(0), ref, atol=1e-5))
-    e, b, pf, eb = res['extract'], res['bare'], res['prefetch'], res['before']
+        with VideoReader(video, size=cfg.decode_hw) as reader:
+            same = bool(np.allclose(extract_features(enc, reader, cfg.augment, fs, window, margin, batch, prefetch=False), ref, atol=1e-5))
+    e, b, np_, eb, dc = (res[k] for k in ('extract', 'bare', 'noprefetch', 'before', 'decode'))
     clips_bare = n_fwd * window * batch
-    return dict(size=size, rows=rows, window=window, margin=man['margin'], extract=e.median, extract_cpu=e.cpu_median,
+    per_row = rows / clips_bare  # the bare forward's time for `rows` clips, as a fraction of its measured time
+    # per round: the lower of the two ceilings is the slower half, max(decode time, forward time for `rows` clips)
+    bound = [max(t_d, t_b * per_row) for t_d, t_b in zip(dc.wall, b.wall)]
+    reach = float(np.median([t_bd / t_e for t_bd, t_e in zip(bound, e.wall)]))
+    reach_core = float(np.median([t_bd / t_c for t_bd, t_c in zip(bound, res['core'].wall)]))
+    return dict(size=size, rows=rows, window=window, margin=margin, extract=e.median, extract_cpu=e.cpu_median,
                 bare=b.median, bare_cpu=b.cpu_median, clips_per_s=rows / e.median, bare_clips_per_s=clips_bare / b.median,
-                ratio=paired(b, e) * rows / clips_bare, ratio_cpu=paired(b, e, cpu=True) * rows / clips_bare,
-                prefetch=pf.median, prefetch_cpu=pf.cpu_median, prefetch_ratio=paired(b, pf) * rows / clips_bare,
-                prefetch_same_features=same, before=eb.median, before_cpu=eb.cpu_median,
-                ratio_before=paired(b, eb) * rows / clips_bare, speedup=paired(eb, e), prefetch_speedup=paired(e, pf))
+                ratio=paired(b, e) * per_row, ratio_cpu=paired(b, e, cpu=True) * per_row,
+                decode=dc.median, decode_cpu=dc.cpu_median, decode_clips_per_s=rows / dc.median,
+                decode_over_bare=paired(b, dc) * per_row,  # < 1: decoding is the slower half
+                bound='decode' if dc.median > b.median * per_row else 'forward', reach=reach,  # the slower half / pal-extract
+                core=res['core'].median, core_clips_per_s=rows / res['core'].median, reach_core=reach_core,
+                overlap=float(np.median([(t_d + t_b * per_row) / t_e for t_d, t_b, t_e in zip(dc.wall, b.wall, e.wall)])),  # (decode + forward) / pal-extract
+                noprefetch=np_.median, noprefetch_cpu=np_.cpu_median, noprefetch_ratio=paired(b, np_) * per_row,
+                prefetch_speedup=paired(np_, e), same_features=same,
+                before=eb.median, before_cpu=eb.cpu_median, ratio_before=paired(b, eb) * per_row, speedup=paired(eb, e),
+                speedup_ad=paired(eb, np_))
 
 
 def run(quick: bool = False, log=print) -> dict:

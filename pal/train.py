@@ -29,10 +29,10 @@ from .loss import ContrastiveObjective, PAL, VideoContrast
 # %% auto #0
 __all__ = ['METHODS', 'RUN_FILES', 'LOG_COLUMNS', 'RESUMABLE', 'TrainConfig', 'TrainingError', 'VideoSource', 'CachedVideo',
            'probe_videos', 'derive_seed', 'batch_videos', 'window_bank', 'Item', 'PalDataset', 'Batch', 'collate',
-           'StepSampler', 'make_loader', 'make_inputs', 'build_objective', 'lr_factor', 'make_optimizer',
-           'make_scheduler', 'save_checkpoint', 'load_checkpoint', 'load_encoder', 'read_log', 'plot_log',
-           'resolve_device', 'Run', 'fit', 'sample_figure', 'save_figures', 'pretrain_parser', 'config_from_args',
-           'pretrain_cli']
+           'StepSampler', 'make_loader', 'make_inputs', 'to_channels_last', 'build_objective', 'lr_factor',
+           'make_optimizer', 'make_scheduler', 'save_checkpoint', 'load_checkpoint', 'load_encoder', 'read_log',
+           'plot_log', 'resolve_device', 'Run', 'fit', 'sample_figure', 'save_figures', 'pretrain_parser',
+           'config_from_args', 'pretrain_cli']
 
 # %% ../nbs/06_training.ipynb #ebe96c5d
 def _field_docs(cls) -> dict[str, str]:
@@ -63,7 +63,7 @@ class TrainConfig:
     decode_size: tuple[int, int] | None = None  # (H, W) videos are decoded to before cropping; None: about (8/7, 32/21) x size
     seed: int = 0  # seeds the model, the data stream and the augmentation
     device: str = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
-    workers: int = -1  # DataLoader worker processes; -1: 0 when every video is cached in memory, else min(4, CPUs)
+    workers: int = -1  # DataLoader worker processes; -1: 0 when every video is cached in memory, else on CUDA max(1, min(16, CPUs - 1)), on the CPU min(4, CPUs)
     cache_mb: int = 512  # decode whole videos into memory up to this many MiB (0: decode the needed frames per sample)
     min_frames: int = 16  # videos with fewer frames are skipped
     optimizer: str = 'sgd'  # 'sgd' (MoCo v2: momentum and weight decay) or 'adamw'
@@ -73,6 +73,7 @@ class TrainConfig:
     warmup_steps: int = 10  # linear warm-up steps before the cosine decay to 0
     clip_grad: float = 5.0  # clip the gradient norm to this (0: no clipping)
     amp: bool = True  # bf16 autocast on CUDA (the CPU always runs float32)
+    channels_last: str = 'auto'  # model and inputs in torch.channels_last_3d memory format: 'auto' (on CUDA only), 'on' or 'off'; same results, other speed
     temperature: float = 0.1  # InfoNCE temperature
     proj_dim: int = 128  # projection head output dimension
     proj_hidden: int | None = None  # projection head hidden dimension; None: the encoder's output channels
@@ -95,6 +96,7 @@ class TrainConfig:
         if self.backbone not in BACKBONES: raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.optimizer not in ('sgd', 'adamw'): raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.align not in ('pooled', 'dense'): raise ValueError(f"align must be 'pooled' or 'dense', got {self.align!r}")
+        if self.channels_last not in ('auto', 'on', 'off'): raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {self.channels_last!r}")
         if self.align == 'dense' and self.method == 'pal' and not self.paste.same_region:
             raise ValueError("align='dense' compares the two regions bin by bin, so both must be the same source span: set same_region")
         for name in ('steps', 'batch_size', 'size', 'ckpt_every', 'min_frames', 'proj_dim', 'bins', 'queue_size'):
@@ -339,6 +341,11 @@ def make_inputs(batch: Batch, cfg: TrainConfig, device: torch.device | str = 'cp
     p = AugmentParams(p.box[rows], p.flip[rows], p.color[rows], p.gray[rows])
     return apply_augment(videos, p, cfg.augment)
 
+# %% ../nbs/06_training.ipynb #672c5392
+def to_channels_last(x: Tensor) -> Tensor:
+    "The same values `[..., 3, T, H, W]` with the channels innermost in memory: `channels_last_3d` for a 5-D tensor, and still after flattening the leading dims."
+    return x.movedim(-4, -1).contiguous().movedim(-1, -4)
+
 # %% ../nbs/06_training.ipynb #77accc86
 def build_objective(cfg: TrainConfig) -> ContrastiveObjective:
     "The `pal.loss` objective of `cfg.method`, with a fresh encoder (seed the global RNG first for a fixed init)."
@@ -431,7 +438,13 @@ def plot_log(rows: Sequence[dict], title: str | None = None,
     return fig
 
 # %% ../nbs/06_training.ipynb #6c88e6c6
-RESUMABLE = ('videos', 'out', 'steps', 'device', 'workers', 'cache_mb', 'ckpt_every', 'amp')  # may change on --resume
+RESUMABLE = ('videos', 'out', 'steps', 'device', 'workers', 'cache_mb', 'ckpt_every', 'amp', 'channels_last')  # may change on --resume
+
+def _auto_workers(device: torch.device, cached: bool, cpus: int | None = None) -> int:
+    "Loader workers for `workers=-1`: none when every video is in memory; on CUDA all CPUs but one (at most 16), else up to 4."
+    cpus = cpus or os.cpu_count() or 1
+    if cached: return 0
+    return max(1, min(16, cpus - 1)) if device.type == 'cuda' else min(4, cpus)
 
 def resolve_device(name: str) -> torch.device:
     "`'auto'` -> CUDA when available, else the CPU; a CUDA device without CUDA is an error."
@@ -483,7 +496,7 @@ class Run:
     videos: list[VideoSource]  # the usable videos
     def files(self) -> dict[str, Path]: return {n: self.out / n for n in RUN_FILES if (self.out / n).exists()}
 
-# %% ../nbs/06_training.ipynb #41cf9b3e
+# %% ../nbs/06_training.ipynb #58189b08
 def fit(cfg: TrainConfig,
         resume: bool = False,  # continue from RUN_DIR/checkpoint.pt (start fresh if there is none)
         overwrite: bool = False,  # delete an existing run in RUN_DIR first
@@ -516,6 +529,8 @@ def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
     # model, optimizer, maybe the saved state
     torch.manual_seed(cfg.seed)
     model = build_objective(cfg).to(device)
+    channels_last = cfg.channels_last == 'on' or (cfg.channels_last == 'auto' and device.type == 'cuda')
+    if channels_last: model = model.to(memory_format=torch.channels_last_3d)  # the 5-D conv weights; before the optimizer sees them
     opt, start = make_optimizer(model, cfg), 0
     sched = make_scheduler(opt, cfg)
     if resume and ck_path.exists():
@@ -541,7 +556,7 @@ def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
         cfg.save(out / 'config.json')
         logf = _open_log(out / 'log.csv', start)
     dataset = PalDataset(good, cfg)
-    workers = cfg.workers if cfg.workers >= 0 else (0 if all(v.frames is not None for v in good) else min(4, os.cpu_count() or 1))
+    workers = cfg.workers if cfg.workers >= 0 else _auto_workers(device, all(v.frames is not None for v in good))
     loader = make_loader(dataset, start, rank, world, workers, pin=device.type == 'cuda')
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     state = lambda step: dict(format='pal-checkpoint-1', step=step, config=cfg.to_dict(),
@@ -561,6 +576,7 @@ def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
             for batch in loader:
                 step = batch.keys[0][0]
                 x = make_inputs(batch, cfg, device)
+                if channels_last: x = to_channels_last(x)
                 t_data = time.perf_counter() - t_end
                 net.train()
                 ids = torch.tensor([v[0] for v in batch.videos], device=device)  # source of each sample
@@ -643,7 +659,7 @@ def save_figures(run: Run, cfg: TrainConfig, dataset: PalDataset):
 
 # %% ../nbs/06_training.ipynb #482246d0
 _CHOICES = dict(method=METHODS, backbone=BACKBONES, mode=('sequence', 'clip'), optimizer=('sgd', 'adamw'),
-                position=('any', 'inside'), align=('pooled', 'dense'))
+                position=('any', 'inside'), align=('pooled', 'dense'), channels_last=('auto', 'on', 'off'))
 _SKIP = {'paste', 'augment', 'augment.size', 'augment.mean', 'augment.std'}
 
 def _arg_kind(tp: str) -> tuple:

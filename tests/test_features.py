@@ -1,5 +1,5 @@
 "Tests for pal.features: rows and times as the manifest claims, seamless windowed extraction, bad files, shipped checkpoints."
-import json, math, shutil
+import json, math, shutil, threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from pal.features import (ClipGrid, extract, extract_cli, extract_features, feat
 from pal.samples import sample_dir
 from pal.sampling import PasteConfig
 from pal.train import TrainConfig, TrainingError, load_encoder
-from pal.video import VideoReader
+from pal.video import VideoReader, VideoError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +106,58 @@ def test_windowed_extraction_equals_one_pass(clip_len, frame_stride):
     # the margin is needed: without it the windows leave seams (so the check above can fail)
     naive = extract_features(enc, r, cfg.augment, frame_stride, window=2, margin=0)
     assert np.abs(naive - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+class _Spy:
+    "A reader that records the thread of every `get`, and raises a VideoError at get number `fail_at` (counting from 1)."
+    def __init__(self, reader, fail_at=None):
+        self.reader, self.fail_at, self.threads = reader, fail_at, []
+        self.num_frames, self.fps, self.path = reader.num_frames, reader.fps, reader.path
+    def get(self, idx):
+        self.threads.append(threading.current_thread())
+        if len(self.threads) == self.fail_at: raise VideoError(f'{self.path}: truncated or corrupt data in frame {int(idx[0])}')
+        return self.reader.get(idx)
+
+
+@pytest.mark.parametrize('video,batch', [('rings.avi', 1), ('plaid.mp4', 2), ('stripes_odd.mkv', 1)])
+def test_prefetch_gives_the_same_features(video, batch):
+    "Decoding the next windows in a background thread changes when frames are decoded, not the features."
+    enc, cfg, _ = load_model('random')
+    r = VideoReader(sample_dir() / video, size=cfg.decode_hw)
+    slow = _Spy(r); ref = extract_features(enc, slow, cfg.augment, 2, window=3, batch=batch, prefetch=False)
+    fast = _Spy(r); got = extract_features(enc, fast, cfg.augment, 2, window=3, batch=batch, prefetch=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    assert len(ref) == math.ceil(r.num_frames / 16) and np.abs(ref).max() > 0
+    assert len(fast.threads) == len(slow.threads) > batch  # several forwards: something to overlap
+    assert set(slow.threads) == {threading.main_thread()}
+    assert threading.main_thread() not in fast.threads  # every window was decoded in the background thread
+
+
+def test_decoding_error_in_the_thread_propagates(tmp_path, monkeypatch):
+    "A VideoError raised while prefetching reaches the caller, and `extract` skips that file by name and goes on."
+    enc, cfg, _ = load_model('random')
+    r = VideoReader(sample_dir() / 'rings.avi', size=cfg.decode_hw)
+    with pytest.raises(VideoError, match='rings.avi: truncated'):
+        extract_features(enc, _Spy(r, fail_at=3), cfg.augment, 2, window=3, batch=1, prefetch=True)
+    # a folder: a file cut short (found when it is opened), one that fails in the middle of decoding
+    # (in the background thread), and a good one
+    vids = tmp_path / 'v'; vids.mkdir()
+    data = (sample_dir() / 'plaid.mp4').read_bytes()
+    (vids / 'cut.mp4').write_bytes(data[:len(data) // 2])
+    shutil.copy(sample_dir() / 'rings.avi', vids / 'breaks.avi'); shutil.copy(sample_dir() / 'dots.avi', vids / 'good.avi')
+    get, calls = VideoReader.get, []
+    def flaky(self, idx):  # breaks.avi decodes its first window, then fails
+        if self.path.name == 'breaks.avi':
+            calls.append(threading.current_thread())
+            if len(calls) == 2: raise VideoError(f'{self.path}: truncated or corrupt data in frame {int(idx[0])}')
+        return get(self, idx)
+    monkeypatch.setattr(VideoReader, 'get', flaky)
+    lines = []
+    man = extract('random', vids, tmp_path / 'o', window=3, batch=1, progress=False, log=lines.append)
+    assert sorted(s['file'] for s in man['skipped']) == ['breaks.avi', 'cut.mp4']
+    assert any('breaks.avi' in l and 'truncated or corrupt' in l for l in lines) and any('cut.mp4' in l for l in lines)
+    assert list(man['videos']) == ['good'] and (tmp_path / 'o' / 'good.npy').is_file() and not (tmp_path / 'o' / 'breaks.npy').exists()
+    assert len(calls) == 2 and threading.main_thread() not in calls  # it failed in the decoding thread
 
 
 def test_receptive_field_is_exact_for_the_tiny_net():

@@ -197,3 +197,27 @@ def test_too_few_videos_refused(tmp_path, good, capsys):
     err = capsys.readouterr().err
     assert f'{good} usable videos of {4 + good}' in err and 'at least 3' in err
     assert not out.exists()  # nothing written, in particular no checkpoint
+
+
+def test_channels_last_gives_the_same_steps(tmp_path, monkeypatch):
+    "Two steps with the model and inputs in channels_last_3d and two without: the same losses and weights (CPU)."
+    seen, build = {}, T.build_objective
+    def spy(cfg):  # records the memory layout of what the encoder's first convolution gets
+        model = build(cfg)
+        model.encoder.register_forward_pre_hook(
+            lambda m, a: seen.setdefault(cfg.out, []).append(a[0].is_contiguous(memory_format=torch.channels_last_3d)))
+        return model
+    monkeypatch.setattr(T, 'build_objective', spy)
+    runs = {}
+    for cl in ('on', 'off'):
+        cfg = TrainConfig(videos=str(sample_dir()), out=str(tmp_path / cl), steps=2, batch_size=4, warmup_steps=1, device='cpu',
+                          workers=0, channels_last=cl, paste=T.PasteConfig(n_clips=4, clip_len=4))
+        runs[cl] = fit(cfg, progress=False, log=None)
+    assert seen[str(tmp_path / 'on')] == [True, True] and seen[str(tmp_path / 'off')] == [False, False]
+    conv = runs['on'].model.encoder.stem[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    on, off = ([r['loss'] for r in runs[k].history] for k in ('on', 'off'))
+    assert len(on) == 2 and on == pytest.approx(off, abs=1e-5, rel=0)
+    a, b = weights(tmp_path / 'on'), weights(tmp_path / 'off')
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    with pytest.raises(ValueError, match='channels_last'): TrainConfig(channels_last='yes')
