@@ -5,6 +5,7 @@
 # %% ../nbs/07_features.ipynb #c0462b5f
 from __future__ import annotations
 import argparse, copy, json, math, os, shlex, sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -171,6 +172,7 @@ def extract_features(encoder: Encoder,  # in eval mode, on its device
                      window: int = 32,  # clips per window; more only costs memory
                      margin: int | None = None,  # clips of context per side; default: `context_margin(encoder)`
                      batch: int = 4,  # windows per forward pass
+                     prefetch: bool = True,  # decode the next `batch` windows in a background thread while the encoder runs
                     ) -> np.ndarray:  # [rows, C] float32
     "One feature per clip of a video, computed in overlapping windows and stitched without seams."
     grid = ClipGrid(reader.num_frames, reader.fps, encoder.clip_len, frame_stride)
@@ -179,12 +181,30 @@ def extract_features(encoder: Encoder,  # in eval mode, on its device
     plan = window_plan(grid.rows, window, margin)
     n = min(window, grid.rows)  # clips per window
     device = next(encoder.parameters()).device
+    chunks = [plan[i:i + batch] for i in range(0, len(plan), batch)]
+
+    def load(chunk):  # the decoder's side: in the background thread when prefetching
+        frames = torch.stack([reader.get(grid.frame_indices(a, n)) for a, _, _ in chunk])  # [b, T, H, W, 3] uint8
+        if device.type == 'cpu': return preprocess(frames, aug)  # [b, 3, T, s, s]
+        return frames.pin_memory() if device.type == 'cuda' else frames
+
+    def encode(x):  # the network's side
+        if device.type != 'cpu':
+            x = preprocess(x.to(device, non_blocking=True), aug)  # [b, 3, T, s, s], preprocessed on the device
+            if device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last_3d)
+        return encoder(x).float().cpu()  # [b, C, n]
+
     out = np.empty((grid.rows, encoder.out_dim), np.float32)
-    for i in range(0, len(plan), batch):
-        chunk = plan[i:i + batch]
-        frames = torch.stack([reader.get(grid.frame_indices(a, n)) for a, _, _ in chunk]).to(device)  # [b, T, H, W, 3]
-        f = encoder(preprocess(frames, aug)).float().cpu()  # [b, C, n]
-        for (a, lo, hi), fi in zip(chunk, f): out[lo:hi] = fi[:, lo - a:hi - a].T.numpy()
+    ex = ThreadPoolExecutor(1, thread_name_prefix='pal-extract-decode') if prefetch and len(chunks) > 1 else None
+    try:
+        nxt = ex.submit(load, chunks[0]) if ex else None
+        for j, chunk in enumerate(chunks):
+            x = nxt.result() if ex else load(chunk)  # re-raises an error of the thread here
+            if ex and j + 1 < len(chunks): nxt = ex.submit(load, chunks[j + 1])  # decoded while the encoder runs
+            f = encode(x)
+            for (a, lo, hi), fi in zip(chunk, f): out[lo:hi] = fi[:, lo - a:hi - a].T.numpy()
+    finally:
+        if ex: ex.shutdown(wait=True, cancel_futures=True)
     return out
 
 # %% ../nbs/07_features.ipynb #775dac33
@@ -240,6 +260,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
     fs = frame_stride or cfg.paste.frame_stride
     if fs < 1: raise ValueError(f'frame_stride must be >= 1, got {fs}')
     rf = receptive_field(encoder)
+    if dev.type == 'cuda': encoder = encoder.to(memory_format=torch.channels_last_3d)  # the layout of its inputs
     margin = context_margin(encoder, rf)
     window = max(window, 2 * margin + 1)
     L = encoder.clip_len
