@@ -16,7 +16,7 @@ file writing, which `pal-extract` does once per run or per video). "no prefetch"
 "before" the code before issue 7 (`baseline.before()`, which also turns the prefetch off).
 """
 from __future__ import annotations
-import contextlib, tempfile
+import contextlib, inspect, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,8 @@ def measure(size: int, reps: int) -> dict:
         enc, cfg, _ = load_model(ck)
         man = extract(ck, video, d / 'warm', device='cpu', progress=False, log=None)  # also measures the receptive field once
         rows = next(iter(man['videos'].values()))['rows']
-        window, margin, fs, batch, L = man['window'], man['margin'], man['frame_stride'], 4, enc.clip_len
+        window, margin, fs, L = man['window'], man['margin'], man['frame_stride'], enc.clip_len
+        batch = inspect.signature(extract).parameters['batch'].default  # windows per forward, as pal-extract runs
         x = torch.randn(batch, 3, window * L, size, size)
         n_fwd = -(-rows // (window * batch))  # forwards of `batch` windows that cover `rows` clips
         @torch.no_grad()

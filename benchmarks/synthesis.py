@@ -21,8 +21,8 @@ import baseline
 def _cfg(size: int, steps: int, out: str = 'runs/unused', **kw):
     from pal.train import TrainConfig
     videos = bench_videos('untrimmed')[0].parent
-    return TrainConfig(videos=str(videos), out=out, size=size, batch_size=6, cache_mb=0, steps=steps,
-                       ckpt_every=10 ** 6, **kw)
+    kw = {'cache_mb': 0, **kw}  # not cached unless asked
+    return TrainConfig(videos=str(videos), out=out, size=size, batch_size=6, steps=steps, ckpt_every=10 ** 6, **kw)
 
 
 def per_sample(size: int, reps: int) -> dict:
@@ -103,11 +103,25 @@ def loader_vs_step(size: int, steps: int, reps: int = 2) -> dict:
                 ratio=st['step'].median / loader, ratio_before=st['step'].median / loader_before)
 
 
-def fit_log(size: int, steps: int) -> dict:
-    "A real `fit` run from the untrimmed videos (not cached): median data_time and step_time of its log."
+def loader_cached(size: int, steps: int) -> dict:
+    """The loader as `fit` runs it with its default `cache_mb` when the videos fit in memory: decoded once,
+    then every batch is cut from memory in the training process (0 workers); seconds per batch vs the step."""
+    from pal.train import TrainConfig, probe_videos, PalDataset
+    cfg = _cfg(size, steps, cache_mb=TrainConfig.cache_mb)
+    t = time.perf_counter()
+    good, _ = probe_videos(bench_videos('untrimmed'), cfg.decode_hw, cfg.min_frames, cfg.cache_mb, 1, log=None)
+    decode_once = time.perf_counter() - t
+    cached = all(v.frames is not None for v in good)
+    sec, _, _ = _loader_rate(PalDataset(good, cfg), 0)
+    mb = sum(v.frames.numel() for v in good if v.frames is not None) / 2 ** 20
+    return dict(size=size, cache_mb=cfg.cache_mb, cached=cached, cached_mb=mb, decode_once=decode_once, loader=sec)
+
+
+def fit_log(size: int, steps: int, **kw) -> dict:
+    "A real `fit` run from the untrimmed videos (not cached unless `kw` says so): median data_time and step_time of its log."
     from pal.train import fit, read_log
     with tempfile.TemporaryDirectory() as d:
-        cfg = _cfg(size, steps, out=d)
+        cfg = _cfg(size, steps, out=d, **kw)
         t = time.perf_counter()
         run = fit(cfg, overwrite=True, progress=False, log=None)
         total = time.perf_counter() - t
@@ -127,4 +141,10 @@ def run(quick: bool = False, log=print) -> dict:
         log(f"  loader {size}px: {out['loader'][size]}")
         out['fit'][size] = fit_log(size, steps)
         log(f"  fit {size}px: {out['fit'][size]}")
+        c = loader_cached(size, steps)  # the default cache_mb: what fit does when the videos fit in memory
+        if c['cached']:
+            c['step'] = out['loader'][size]['step']; c['ratio'] = c['step'] / c['loader']
+            c['fit'] = fit_log(size, steps, cache_mb=c['cache_mb'])
+        out.setdefault('cached', {})[size] = c
+        log(f"  cached {size}px: {c}")
     return out

@@ -16,13 +16,13 @@ import matplotlib.pyplot as plt
 from .toybench import ToyConfig, toy_config, generate, ToyBench
 from .train import TrainConfig, TrainingError, fit, load_checkpoint, read_log
 from .features import extract, random_encoder, save_encoder, slim_checkpoint, row_labels, boundary_curve
-from .localize import HeadConfig, load_features, train_head, predict, evaluate, TIOU_PRESETS
+from .localize import HeadConfig, load_features, train_head, predict, evaluate, segment_iou, TIOU_PRESETS
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BENCH_PRESETS', 'BenchConfig', 'bench_config', 'make_toy_config', 'make_train_config', 'run_key',
-           'pretrained', 'features', 'probe', 'summarize', 'results_table', 'plot_results', 'machine', 'run_bench',
-           'write_results', 'bench_parser', 'bench_cli', 'row_dataset', 'identity_share', 'row_probe', 'diagnose',
-           'variant_table']
+           'pretrained', 'features', 'oracle_labels', 'probe', 'summarize', 'results_table', 'plot_results', 'machine',
+           'run_bench', 'write_results', 'bench_parser', 'bench_cli', 'row_dataset', 'identity_share', 'row_probe',
+           'diagnose', 'variant_table', 'paired_plot', 'paired_diffs']
 
 # %% ../nbs/09_benchmark.ipynb #f1428376
 VARIANTS = {  # encoder name -> (pretraining method, or 'random'; TrainConfig overrides on top of the preset's)
@@ -55,7 +55,7 @@ class BenchConfig:
     "One pal-bench run: the toy data, the encoders and their shared pretraining settings, the head, the seeds."
     toy: dict  # 'preset' (a pal.toybench preset) and ToyConfig overrides
     train: dict  # TrainConfig overrides shared by every encoder (nested 'paste' / 'augment' dicts allowed)
-    head: dict  # HeadConfig overrides (its seed is the bench seed)
+    head: dict  # HeadConfig overrides (its seed is set per head)
     methods: tuple[str, ...] = ('random', 'video', 'pal')  # names in VARIANTS
     seeds: tuple[int, ...] = (0, 1, 2)  # pretraining seeds; the table's mean ± std is over these
     head_seeds: int = 3  # localization heads trained per encoder (seeds 100 * seed + 0, 1, ...); their mAP is averaged
@@ -99,7 +99,7 @@ def make_train_config(cfg: BenchConfig, name: str, seed: int, videos: str | Path
     for k in ('paste', 'augment'): d[k] = _tuples(d[k])
     return TrainConfig.from_dict(_tuples(d))
 
-_VOLATILE = ('videos', 'out', 'device', 'workers', 'cache_mb', 'ckpt_every', 'amp')
+_VOLATILE = ('videos', 'out', 'device', 'workers', 'cache_mb', 'ckpt_every', 'amp', 'channels_last')  # where and how fast, not what
 
 def _key(*parts) -> str: return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -141,20 +141,38 @@ def features(ck: Path, videos: Path, out: Path, window: int, device: str, redo: 
     return load_features(out)
 
 # %% ../nbs/09_benchmark.ipynb #6b02accc
+def oracle_labels(pred: dict,  # ActivityNet predictions `{'results': {video: [...]}}`
+                  gt: dict,  # ActivityNet ground truth
+                 ) -> dict:  # the same predictions, relabelled
+    "Predictions whose class is replaced by that of the ground-truth segment they overlap most (kept where they overlap none)."
+    db = gt.get('database', gt)
+    out = {}
+    for v, ps in pred['results'].items():
+        anns = db.get(v, {}).get('annotations', [])
+        segs = np.array([a['segment'] for a in anns], dtype=float).reshape(-1, 2)
+        out[v] = []
+        for p in ps:
+            iou = segment_iou(p['segment'], segs)[0] if len(segs) else np.zeros(0)
+            best = int(iou.argmax()) if len(iou) else -1
+            out[v].append({**p, 'label': anns[best]['label']} if best >= 0 and iou[best] > 0 else dict(p))
+    return {**pred, 'results': out}
+
 def probe(feats: dict,  # split -> name -> FeatureVideo
           gt_train: dict, gt_test: dict, classes: Sequence[str],
           head: dict,  # HeadConfig overrides
           seeds: Sequence[int],  # one head per seed
           device: str = 'auto',
-         ) -> list:  # a DetectionResult per head
-    "Train the localization head on the train features (once per seed) and score each on the test videos."
+         ) -> list:  # per head: (DetectionResult, DetectionResult with oracle classes)
+    "Train the localization head on the train features (once per seed); score each on the test videos, as is and with oracle classes."
     dev = None if device == 'auto' else device
     train = [feats['train'][n] for n in sorted(gt_train['database']) if n in feats['train']]
     test = [feats['test'][n] for n in sorted(gt_test['database']) if n in feats['test']]
     out = []
     for s in seeds:
         h, _ = train_head(train, gt_train, list(classes), HeadConfig(**{**head, 'seed': int(s)}), device=dev)
-        out.append(evaluate(gt_test, predict(h, test), TIOU_PRESETS['default']))
+        pred = predict(h, test)
+        out.append((evaluate(gt_test, pred, TIOU_PRESETS['default']),
+                    evaluate(gt_test, oracle_labels(pred, gt_test), TIOU_PRESETS['default'])))
     return out
 
 # %% ../nbs/09_benchmark.ipynb #2c676da8
@@ -167,6 +185,8 @@ def summarize(rows: list[dict], methods: Sequence[str]) -> dict:
         a = np.array([r['mAP'] + [r['average']] for r in rs])  # [seeds, n_tiou + 1]
         sd = a.std(0, ddof=1) if len(rs) > 1 else np.zeros(a.shape[1])
         out[m] = dict(mean=a.mean(0).tolist(), std=sd.tolist(), seeds=[r['seed'] for r in rs])
+        o = [r['oracle_average'] for r in rs if 'oracle_average' in r]  # absent in results written before it was added
+        if o: out[m].update(oracle_mean=float(np.mean(o)), oracle_std=float(np.std(o, ddof=1)) if len(o) > 1 else 0.0)
     return out
 
 def results_table(res: dict) -> str:
@@ -252,12 +272,14 @@ def _run_bench(cfg, out, cache, force, preset, command, progress, log) -> dict:
             timing['extract'] += time.perf_counter() - t; t = time.perf_counter()
             heads = probe(feats, gt['train'], gt['test'], classes, cfg.head, [100 * seed + h for h in range(cfg.head_seeds)], cfg.device)
             timing['head'] += time.perf_counter() - t
-            mAP = np.mean([r.mAP for r in heads], 0)  # [n_tiou] over heads
+            mAP = np.mean([r.mAP for r, _ in heads], 0)  # [n_tiou] over heads
+            oracle = np.mean([o.mAP for _, o in heads], 0)
             rows.append(dict(method=name, seed=seed, mAP=mAP.tolist(), average=float(mAP.mean()),
-                             heads=[r.average for r in heads], checkpoint=str(ck),
-                             pretrain=_pretrain_summary(run_dir) if kind != 'random' else {}))
+                             heads=[r.average for r, _ in heads], oracle_mAP=oracle.tolist(), oracle_average=float(oracle.mean()),
+                             checkpoint=str(ck), pretrain=_pretrain_summary(run_dir) if kind != 'random' else {}))
             say(f'{name:>12s} seed {seed}: average mAP {100 * mAP.mean():5.1f}%  (' + ' '.join(f'{100 * m:.1f}' for m in mAP) +
-                f'; heads {" ".join(f"{100 * r.average:.1f}" for r in heads)}){"" if new else "  [cached encoder]"}')
+                f'; heads {" ".join(f"{100 * r.average:.1f}" for r, _ in heads)}; oracle classes {100 * oracle.mean():.1f}%)'
+                f'{"" if new else "  [cached encoder]"}')
     res = dict(format='pal-bench-1', preset=preset, command=command, config=asdict(cfg), toy_key=toy_cfg.key(),
                tiou=list(TIOU_PRESETS['default']), rows=rows, summary=summarize(rows, cfg.methods),
                machine=load0, load_avg_end=[round(x, 2) for x in os.getloadavg()],
@@ -375,13 +397,38 @@ def diagnose(feats: dict, gt_train: dict, gt_test: dict, classes: Sequence[str])
 def variant_table(res: dict, diag: list[dict]) -> str:
     "Markdown: per encoder, average mAP (mean ± std over seeds) beside the feature diagnostics and the pretraining's end (means over seeds)."
     mean = lambda xs: np.mean(xs) if len(xs) else float('nan')
-    out = ('| encoder | avg mAP (%) | identity share | action probe | class probe | boundary contrast | final loss | final top-1 |\n'
-           '|---|---:|---:|---:|---:|---:|---:|---:|\n')
+    out = ('| encoder | avg mAP (%) | with oracle classes (%) | identity share | action probe | class probe | boundary contrast '
+           '| final loss | final top-1 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n')
     for m, s in res['summary'].items():
         d = [x for x in diag if x['method'] == m]
         p = [r['pretrain'] for r in res['rows'] if r['method'] == m and r['pretrain']]
         f = lambda k: f"{mean([x[k] for x in d]):.2f}"
         tail = f"{mean([x['final_loss'] for x in p]):.2f} | {mean([x['final_top1'] for x in p]):.2f}" if p else '- | -'
-        out += (f"| {m} | {100 * s['mean'][-1]:.1f} ± {100 * s['std'][-1]:.1f} | {f('identity_share')} | {f('action_probe')} | "
+        orc = f"{100 * s['oracle_mean']:.1f} ± {100 * s['oracle_std']:.1f}" if 'oracle_mean' in s else '-'
+        out += (f"| {m} | {100 * s['mean'][-1]:.1f} ± {100 * s['std'][-1]:.1f} | {orc} | {f('identity_share')} | {f('action_probe')} | "
                 f"{f('class_probe')} | {f('boundary_contrast')} | {tail} |\n")
+    return out
+
+# %% ../nbs/09_benchmark.ipynb #31e94b56
+def paired_plot(res: dict, ref: str = 'video', ax=None) -> plt.Axes:
+    "Average mAP per encoder, one line per seed (seeds are paired: same initial weights), the mean as a bar."
+    ms = list(res['summary'])
+    ax = ax or plt.subplots(figsize=(7, 3), dpi=80)[1]
+    ax.bar(range(len(ms)), [100 * res['summary'][m]['mean'][-1] for m in ms], color='0.85', width=0.6, label='mean over seeds')
+    for i, s in enumerate(sorted({r['seed'] for r in res['rows']})):
+        y = [100 * next((r['average'] for r in res['rows'] if r['method'] == m and r['seed'] == s), np.nan) for m in ms]
+        ax.plot(range(len(ms)), y, 'o-', ms=4, lw=1, color=f'C{i}', label=f'seed {s}')
+    if ref in ms: ax.axhline(100 * res['summary'][ref]['mean'][-1], color='k', lw=0.6, ls='--')
+    ax.set_xticks(range(len(ms)), ms, fontsize=8); ax.set_ylabel('average mAP (%)')
+    ax.legend(fontsize=7, frameon=False, ncol=4, loc='lower center'); ax.set_ylim(0, None)
+    return ax
+
+def paired_diffs(res: dict, ref: str = 'video') -> dict:
+    "Per encoder: its average mAP minus `ref`'s on the same seed (points), per seed, with their mean and standard error."
+    by = {(r['method'], r['seed']): 100 * r['average'] for r in res['rows']}
+    out = {}
+    for m in res['summary']:
+        d = np.array([by[m, s] - by[ref, s] for (mm, s) in by if mm == m and (ref, s) in by])
+        if m != ref and len(d): out[m] = dict(diffs=d.round(2).tolist(), mean=float(d.mean()),
+                                             sem=float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float('nan'))
     return out

@@ -171,7 +171,7 @@ def extract_features(encoder: Encoder,  # in eval mode, on its device
                      frame_stride: int = 1,  # video frames between sampled frames (use the training run's)
                      window: int = 32,  # clips per window; more only costs memory
                      margin: int | None = None,  # clips of context per side; default: `context_margin(encoder)`
-                     batch: int = 4,  # windows per forward pass
+                     batch: int = 1,  # windows per forward pass (1: the next window decodes while this one runs)
                      prefetch: bool = True,  # decode the next `batch` windows in a background thread while the encoder runs
                     ) -> np.ndarray:  # [rows, C] float32
     "One feature per clip of a video, computed in overlapping windows and stitched without seams."
@@ -244,7 +244,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
             out: str | Path,  # output folder: NAME.npy per video and manifest.json
             window: int = 32,  # clips per window
             frame_stride: int | None = None,  # default: the checkpoint's `paste.frame_stride`
-            batch: int = 4,  # windows per forward pass
+            batch: int = 1,  # windows per forward pass (more only helps a GPU that one window does not fill)
             device: str = 'auto',  # 'auto', 'cpu', 'cuda', 'cuda:N'
             seed: int = 0,  # seed of the 'random' encoder
             progress: bool = True,
@@ -305,7 +305,7 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--window', type=int, default=32, help='clips per window; long videos go through in overlapping windows (default: 32)')
     ap.add_argument('--frame-stride', type=int, default=None, help="video frames between sampled frames (default: the checkpoint's)")
-    ap.add_argument('--batch', type=int, default=4, help='windows per forward pass (default: 4)')
+    ap.add_argument('--batch', type=int, default=1, help='windows per forward pass (default: 1, so that decoding the next window overlaps the forward)')
     ap.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
     ap.add_argument('--seed', type=int, default=0, help="seed of the 'random' encoder (default: 0)")
     ap.add_argument('--no-progress', action='store_true', help='no progress bar')

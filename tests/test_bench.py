@@ -10,12 +10,7 @@ from pal.bench import (VARIANTS, bench_cli, bench_config, make_train_config, run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Small tensors: one torch thread is faster than two competing ones on a shared CPU (restored afterwards)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 @pytest.fixture(scope='module')
@@ -43,6 +38,8 @@ def test_tiny_bench_writes_table_chart_and_json(tiny):
         assert r['average'] == pytest.approx(np.mean(r['mAP']))
         assert len(r['heads']) == 2 and r['average'] == pytest.approx(np.mean(r['heads']))  # mAP averaged over two heads
         if r['method'] != 'random': assert len(r['pretrain']['loss']) == 2 and np.isfinite(r['pretrain']['final_loss'])
+        assert len(r['oracle_mAP']) == 5 and r['oracle_average'] == pytest.approx(np.mean(r['oracle_mAP']))
+        assert r['oracle_average'] >= r['average'] - 1e-9  # these detections overlap one ground truth each: right classes only help
     for r in res['rows']:  # one seed: the summary is the row itself, std 0
         s = res['summary'][r['method']]
         assert s['mean'] == pytest.approx(r['mAP'] + [r['average']]) and s['std'] == [0.0] * 6
@@ -78,6 +75,13 @@ def test_train_configs_differ_only_by_method_and_variant():
     assert bench_config('small', train={'steps': 7}).train['paste']['clip_len'] == 4  # merged, not replaced
     with pytest.raises(ValueError, match='unknown encoder'): bench_config('small', methods=['nope'])
     assert set(VARIANTS) >= {'random', 'video', 'pal'}
+
+
+def test_cache_keys_do_not_drift():
+    "The keys of the encoders behind benchmarks/results (in ~/.cache/pal/bench): a new TrainConfig field that does not change the weights must not retrain them."
+    cfg = bench_config('small')
+    toy = '65a1d5b076ec'  # the small toy benchmark's key
+    assert [run_key(make_train_config(cfg, m, 0, 'v', 'o'), m, toy) for m in ('video', 'pal')] == ['c19df8e44b', '65b43f14b8']
 
 
 def test_summary_mean_and_std():

@@ -17,12 +17,7 @@ from pal.video import VideoReader, VideoError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Small tensors: one torch thread is faster than two competing ones on a shared CPU (restored afterwards)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 SAMPLES = json.loads((sample_dir() / 'manifest.json').read_text())['videos']
 INFO = {Path(v['file']).stem: v for v in SAMPLES}
 
