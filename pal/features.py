@@ -249,6 +249,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
             seed: int = 0,  # seed of the 'random' encoder
             progress: bool = True,
             log=print,  # one line per skipped video and a summary; None: silent
+            jobs: int = 2,  # videos decoded and encoded at once, in threads (short videos overlap each other's decoding)
            ) -> dict:  # the manifest
     "Features of every video under `videos` with the encoder of `checkpoint`: `out/NAME.npy` and `out/manifest.json`."
     say = (lambda m: log(f'pal-extract: {m}')) if log else (lambda m: None)
@@ -270,29 +271,38 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
                times='times[i] = (i * feature_stride + clip_frames / 2) / fps, the centre of row i\'s clip',
                videos_root=str(root), videos={}, skipped=[])
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
-    for path, name in bar:
-        bar.set_postfix_str(name[-30:])
+    def work(path):  # one video, in one of `jobs` threads: its features and reader, or the error that stopped it
         try:
-            reader = VideoReader(path, size=cfg.decode_hw)
-            with reader: feats = extract_features(encoder, reader, cfg.augment, fs, window, margin, batch)
-        except VideoError as e:
-            why = str(e).removeprefix(f'{path}: ')
-            say(f'skipping {path}: {why}'); man['skipped'].append(dict(file=os.path.relpath(path, root), error=why))
-            continue
-        grid = ClipGrid(reader.num_frames, reader.fps, L, fs)
-        _save_npy(out / f'{name}.npy', feats)
-        man['videos'][name] = dict(file=os.path.relpath(path, root), features=f'{name}.npy', num_frames=grid.num_frames,
-                                   fps=grid.fps, duration=grid.num_frames / grid.fps, rows=grid.rows, dim=int(feats.shape[1]),
-                                   clip_len=L, frame_stride=fs, clip_frames=grid.clip_frames, feature_stride=grid.stride,
-                                   times=[round(float(t), 6) for t in grid.times()])
-        _save_json(out / 'manifest.json', man)
+            with VideoReader(path, size=cfg.decode_hw) as reader:
+                return extract_features(encoder, reader, cfg.augment, fs, window, margin, batch), reader, None
+        except VideoError as e: return None, None, e
+    bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
+    ex = ThreadPoolExecutor(max(1, jobs), thread_name_prefix='pal-extract-video')
+    try:
+        for (path, name), (feats, reader, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
+            bar.set_postfix_str(name[-30:])
+            if err is not None:
+                why = str(err).removeprefix(f'{path}: ')
+                say(f'skipping {path}: {why}'); man['skipped'].append(dict(file=os.path.relpath(path, root), error=why))
+                continue
+            _write_video(out, name, path, root, feats, ClipGrid(reader.num_frames, reader.fps, L, fs), man)
+    finally: ex.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the videos in flight, start no more
     bar.close()
     _save_json(out / 'manifest.json', man)
     n, k = len(man['videos']), len(man['skipped'])
     if n == 0: raise ExtractError(f'{videos}: none of {len(paths)} videos could be read; see the messages above. {out}/manifest.json lists them.')
     say(f'{n} of {len(paths)} videos -> {out} ({k} skipped), {man["dim"]}-d rows every {L * fs} frames')
     return man
+
+def _write_video(out: Path, name: str, path: Path, root: Path, feats: np.ndarray, grid: ClipGrid, man: dict):
+    "Save one video's features and its manifest entry (the manifest is rewritten after every video)."
+    L, fs = grid.clip_len, grid.frame_stride
+    _save_npy(out / f'{name}.npy', feats)
+    man['videos'][name] = dict(file=os.path.relpath(path, root), features=f'{name}.npy', num_frames=grid.num_frames,
+                               fps=grid.fps, duration=grid.num_frames / grid.fps, rows=grid.rows, dim=int(feats.shape[1]),
+                               clip_len=L, frame_stride=fs, clip_frames=grid.clip_frames, feature_stride=grid.stride,
+                               times=[round(float(t), 6) for t in grid.times()])
+    _save_json(out / 'manifest.json', man)
 
 # %% ../nbs/07_features.ipynb #5d3b41a1
 def extract_parser() -> argparse.ArgumentParser:
@@ -305,6 +315,7 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--window', type=int, default=32, help='clips per window; long videos go through in overlapping windows (default: 32)')
     ap.add_argument('--frame-stride', type=int, default=None, help="video frames between sampled frames (default: the checkpoint's)")
+    ap.add_argument('--jobs', type=int, default=2, help='videos processed at once, in threads (default: 2; features are the same for any value)')
     ap.add_argument('--batch', type=int, default=1, help='windows per forward pass (default: 1, so that decoding the next window overlaps the forward)')
     ap.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
     ap.add_argument('--seed', type=int, default=0, help="seed of the 'random' encoder (default: 0)")
@@ -315,9 +326,9 @@ def extract_cli(argv: Sequence[str] | None = None):
     "Command line: `pal-extract --checkpoint CK --videos DIR --out DIR`; see `pal-extract --help`."
     ap = extract_parser()
     a = ap.parse_args(argv)
-    if a.window < 1 or a.batch < 1 or (a.frame_stride is not None and a.frame_stride < 1):
-        ap.error('--window, --batch and --frame-stride must be >= 1')
-    try: extract(a.checkpoint, a.videos, a.out, a.window, a.frame_stride, a.batch, a.device, a.seed, not a.no_progress)
+    if a.window < 1 or a.batch < 1 or a.jobs < 1 or (a.frame_stride is not None and a.frame_stride < 1):
+        ap.error('--window, --batch, --jobs and --frame-stride must be >= 1')
+    try: extract(a.checkpoint, a.videos, a.out, a.window, a.frame_stride, a.batch, a.device, a.seed, not a.no_progress, jobs=a.jobs)
     except (ExtractError, TrainingError) as e:
         print(f'pal-extract: error: {e}', file=sys.stderr); sys.exit(1)
     except KeyboardInterrupt: sys.exit(130)

@@ -243,3 +243,17 @@ def test_shipped_weights_differ_from_random(shipped):
         d = (w(shipped[kind]) - w(shipped['random'])).norm() / w(shipped['random']).norm()
         assert d > 0.01, f'{kind}.pt is (almost) the random init'
     assert not torch.equal(w(shipped['video']), w(shipped['pal']))
+
+
+def test_jobs_give_the_same_files(tmp_path):
+    "Several videos at once (threads) write the same features and manifest entries as one at a time, and still skip a bad file by name."
+    vids = tmp_path / 'v'; vids.mkdir()
+    for f in ('rings.avi', 'plaid.mp4', 'dots.avi', 'waves.webm'): shutil.copy(sample_dir() / f, vids / f)
+    (vids / 'broken.mp4').write_bytes(b'not a video at all')
+    lines = {}
+    mans = {j: extract('random', vids, tmp_path / f'o{j}', window=3, progress=False, log=lines.setdefault(j, []).append, jobs=j)
+            for j in (1, 3)}
+    assert mans[1]['videos'] == mans[3]['videos'] and sorted(mans[1]['videos']) == ['dots', 'plaid', 'rings', 'waves']
+    assert [s['file'] for s in mans[3]['skipped']] == ['broken.mp4'] and any('broken.mp4' in l for l in lines[3])
+    for name, v in mans[1]['videos'].items():
+        assert np.array_equal(np.load(tmp_path / 'o1' / v['features']), np.load(tmp_path / 'o3' / v['features']))
