@@ -284,6 +284,10 @@ def write_markdown(R: dict, path: Path, argv: list[str], seconds: float):
         'Looked at and left alone: pasting (`paste_batch`) is one gather, about 1 ms per sample; `sample_plan` about '
         '1 ms; the PAL head and loss add a few percent to the backbone (row 3); no frame is decoded twice '
         '(`load_bank` asks each video once for its unique frames).', '',
+        'F. `pal.features.extract`: the videos of a folder go through `jobs` at a time in threads (`--jobs`, default 2), '
+        'because a short video is a single window and the prefetch thread of change E has nothing to overlap within it. '
+        'Measured separately with `python benchmarks/folder_extraction.py` (48 toy-benchmark videos of 10-20 s, interleaved, '
+        'same features): one at a time 2.81 s, two at a time 1.92 s, **1.47x** (2026-11-26, this machine, load about 0.9).', '',
     ]
     lines += [PROPOSALS, GPU_HOWTO, '']
     if R.get('gpu'):
