@@ -58,6 +58,17 @@ import contextlib
 
 
 @contextlib.contextmanager
+def no_prefetch():
+    "Inside this block `pal.features.extract` calls `extract_features(..., prefetch=False)`: decoding and the encoder take turns."
+    feats = _try_import('pal.features')
+    ef = getattr(feats, 'extract_features', None)
+    if ef is not None: feats.extract_features = lambda *a, **k: ef(*a, **{**k, 'prefetch': False})
+    try: yield
+    finally:
+        if ef is not None: feats.extract_features = ef
+
+
+@contextlib.contextmanager
 def before():
     """Inside this block pal behaves as before issue 7: `VideoReader` defaults to decord (mode='auto' then
     meant decord for every file the probe trusted), the PyAV path makes a scaler per frame and seeks at
@@ -66,18 +77,15 @@ def before():
     Not reverted: `VideoReader.get` no longer copies frames already in order (a small saving)."""
     import pal.video as V, pal.paste as P
     mods = [m for m in (P, _try_import('pal.train'), _try_import('pal.features')) if m is not None and hasattr(m, 'apply_augment')]
-    feats = _try_import('pal.features')
-    ef = getattr(feats, 'extract_features', None)
     saved = (V.VideoReader.__init__.__defaults__, V._rgb, V._SEEK_GAP, [m.apply_augment for m in mods])
     V.VideoReader.__init__.__defaults__ = (None, 'decord')
     V._rgb, V._SEEK_GAP = rgb_before, 0
     for m in mods: m.apply_augment = apply_augment_before
-    if ef is not None: feats.extract_features = lambda *a, **k: ef(*a, **{**k, 'prefetch': False})
-    try: yield
+    try:
+        with no_prefetch(): yield
     finally:
         V.VideoReader.__init__.__defaults__, V._rgb, V._SEEK_GAP, fns = saved
         for m, f in zip(mods, fns): m.apply_augment = f
-        if ef is not None: feats.extract_features = ef
 
 
 def _try_import(name):

@@ -2,21 +2,21 @@
 forward on the same number of clips of the same shape, and vs decoding alone.
 
 `pal.features.extract` is run as the command runs it (one untrimmed 60 s video, window 32 clips,
-4 windows per forward, the checkpoint's frame_stride 2), from a checkpoint written with the training
+one window per forward, the checkpoint's frame_stride 2), from a checkpoint written with the training
 config of each size. Since change E, `extract_features` decodes and preprocesses the next windows in
 a background thread while the encoder runs, so the best it can do is the slower of its two halves:
 
-- bare forward: `encoder(x)` under `torch.no_grad()` on random tensors `[4, 3, 32 * clip_len, size, size]`,
+- bare forward: `encoder(x)` under `torch.no_grad()` on random tensors `[batch, 3, 32 * clip_len, size, size]`,
   as many clips as the video has rows, with no context overlap, no decoding and no preprocessing;
-- decode alone (the ceiling of the decoding half): `reader.get` + `preprocess` of every window of the
-  same plan, no encoder.
+- decode alone (the ceiling of the decoding half): `extract_features` with `NoEncoder` in place of the
+  encoder, so `reader.get` + `preprocess` of every window of the same plan, without the thread.
 
 "core" is `extract_features` alone on an open reader (no checkpoint loading, receptive-field probe or
 file writing, which `pal-extract` does once per run or per video). "no prefetch" is `pal-extract` with `extract_features(..., prefetch=False)` (the before of change E),
 "before" the code before issue 7 (`baseline.before()`, which also turns the prefetch off).
 """
 from __future__ import annotations
-import contextlib, inspect, tempfile
+import inspect, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,26 +33,12 @@ def _checkpoint(folder: Path, size: int) -> Path:
     return save_encoder(folder / f'random{size}.pt', cfg, random_encoder(cfg), kind='random')
 
 
-@contextlib.contextmanager
-def no_prefetch():
-    "Inside this block `pal.features.extract` calls `extract_features(..., prefetch=False)`: decoding and the encoder take turns."
-    import pal.features as F
-    orig = F.extract_features
-    F.extract_features = lambda *a, **k: orig(*a, **{**k, 'prefetch': False})
-    try: yield
-    finally: F.extract_features = orig
-
-
-@torch.no_grad()
-def decode_only(reader, aug, clip_len: int, frame_stride: int, window: int, margin: int, batch: int = 4) -> int:
-    "What `extract_features` decodes and preprocesses for one video (`reader.get` + `preprocess` of every window), without the encoder; returns the rows."
-    from pal.features import ClipGrid, window_plan, preprocess
-    grid = ClipGrid(reader.num_frames, reader.fps, clip_len, frame_stride)
-    plan = window_plan(grid.rows, window, margin)
-    n = min(window, grid.rows)
-    for i in range(0, len(plan), batch):
-        preprocess(torch.stack([reader.get(grid.frame_indices(a, n)) for a, _, _ in plan[i:i + batch]]), aug)
-    return grid.rows
+class NoEncoder(torch.nn.Module):
+    "Stands in for the encoder in `extract_features`: the frames are decoded and preprocessed as usual, the forward costs nothing."
+    def __init__(self, clip_len: int):
+        super().__init__()
+        self.clip_len, self.out_dim, self.p = clip_len, 1, torch.nn.Parameter(torch.zeros(()))  # p: the device to use
+    def forward(self, x): return x.new_zeros(x.shape[0], 1, x.shape[2] // self.clip_len)  # [b, 1, clips]
 
 
 def measure(size: int, reps: int) -> dict:
@@ -72,11 +58,12 @@ def measure(size: int, reps: int) -> dict:
         @torch.no_grad()
         def bare(r):
             for _ in range(n_fwd): enc(x)
-        def decode(r):
-            with VideoReader(video, size=cfg.decode_hw) as reader: decode_only(reader, cfg.augment, L, fs, window, margin, batch)
+        def decode(r):  # what extract_features decodes and preprocesses, without the encoder
+            with VideoReader(video, size=cfg.decode_hw) as reader:
+                extract_features(NoEncoder(L), reader, cfg.augment, fs, window, margin, batch, prefetch=False)
         run = lambda r: extract(ck, video, d / f'out{r}', device='cpu', progress=False, log=None)
         def plain(r):
-            with no_prefetch(): return run(r)
+            with baseline.no_prefetch(): return run(r)
         def core(r):
             with VideoReader(video, size=cfg.decode_hw) as reader: extract_features(enc, reader, cfg.augment, fs, window, margin, batch)
         res = compare({'extract': run, 'noprefetch': plain, 'before': lambda r: baseline.run_before(run, r),

@@ -149,12 +149,10 @@ def oracle_labels(pred: dict,  # ActivityNet predictions `{'results': {video: [.
     out = {}
     for v, ps in pred['results'].items():
         anns = db.get(v, {}).get('annotations', [])
-        segs = np.array([a['segment'] for a in anns], dtype=float).reshape(-1, 2)
-        out[v] = []
-        for p in ps:
-            iou = segment_iou(p['segment'], segs)[0] if len(segs) else np.zeros(0)
-            best = int(iou.argmax()) if len(iou) else -1
-            out[v].append({**p, 'label': anns[best]['label']} if best >= 0 and iou[best] > 0 else dict(p))
+        if not anns or not ps: out[v] = [dict(p) for p in ps]; continue
+        iou = segment_iou([p['segment'] for p in ps], [a['segment'] for a in anns])  # [P, K], one matrix per video
+        best = iou.argmax(1)
+        out[v] = [{**p, 'label': anns[j]['label']} if iou[i, j] > 0 else dict(p) for i, (p, j) in enumerate(zip(ps, best))]
     return {**pred, 'results': out}
 
 def probe(feats: dict,  # split -> name -> FeatureVideo
@@ -423,9 +421,9 @@ def paired_plot(res: dict, ref: str = 'video', ax=None) -> plt.Axes:
     ax.legend(fontsize=7, frameon=False, ncol=4, loc='lower center'); ax.set_ylim(0, None)
     return ax
 
-def paired_diffs(res: dict, ref: str = 'video') -> dict:
-    "Per encoder: its average mAP minus `ref`'s on the same seed (points), per seed, with their mean and standard error."
-    by = {(r['method'], r['seed']): 100 * r['average'] for r in res['rows']}
+def paired_diffs(res: dict, ref: str = 'video', key: str = 'average') -> dict:
+    "Per encoder: its `key` score (`'oracle_average'`: with oracle classes) minus `ref`'s on the same seed (points), per seed, with their mean and standard error."
+    by = {(r['method'], r['seed']): 100 * r[key] for r in res['rows']}
     out = {}
     for m in res['summary']:
         d = np.array([by[m, s] - by[ref, s] for (mm, s) in by if mm == m and (ref, s) in by])

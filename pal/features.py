@@ -271,21 +271,21 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
                times='times[i] = (i * feature_stride + clip_frames / 2) / fps, the centre of row i\'s clip',
                videos_root=str(root), videos={}, skipped=[])
     out.mkdir(parents=True, exist_ok=True)
-    def work(path):  # one video, in one of `jobs` threads: its features and reader, or the error that stopped it
+    def work(path):  # one video, in one of `jobs` threads: its features and clip grid, or the error that stopped it
         try:
             with VideoReader(path, size=cfg.decode_hw) as reader:
-                return extract_features(encoder, reader, cfg.augment, fs, window, margin, batch), reader, None
+                return extract_features(encoder, reader, cfg.augment, fs, window, margin, batch), ClipGrid(reader.num_frames, reader.fps, L, fs), None
         except VideoError as e: return None, None, e
     bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
     ex = ThreadPoolExecutor(max(1, jobs), thread_name_prefix='pal-extract-video')
     try:
-        for (path, name), (feats, reader, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
+        for (path, name), (feats, grid, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
             bar.set_postfix_str(name[-30:])
             if err is not None:
                 why = str(err).removeprefix(f'{path}: ')
                 say(f'skipping {path}: {why}'); man['skipped'].append(dict(file=os.path.relpath(path, root), error=why))
                 continue
-            _write_video(out, name, path, root, feats, ClipGrid(reader.num_frames, reader.fps, L, fs), man)
+            _write_video(out, name, path, root, feats, grid, man)
     finally: ex.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the videos in flight, start no more
     bar.close()
     _save_json(out / 'manifest.json', man)
