@@ -50,6 +50,12 @@ def paired(a: Timing, b: Timing, cpu: bool = False) -> float:
     return statistics.median(i / j for i, j in zip(x, y))
 
 
+def paired_spread(a: Timing, b: Timing) -> tuple[float, float]:
+    "The middle half of the per-round ratios a / b (25th and 75th percentile): how much the rounds disagree."
+    q = np.quantile([i / j for i, j in zip(a.wall, b.wall)], [0.25, 0.75])
+    return float(q[0]), float(q[1])
+
+
 def ms(x: float) -> str: return f'{1e3 * x:.0f} ms' if x < 10 else f'{x:.1f} s'
 
 

@@ -11,6 +11,13 @@ a background thread while the encoder runs, so the best it can do is the slower 
 - decode alone (the ceiling of the decoding half): `extract_features` with `NoEncoder` in place of the
   encoder, so `reader.get` + `preprocess` of every window of the same plan, without the thread.
 
+"folder" rows run `pal-extract` on a folder of three 60 s videos, the way a dataset is extracted (the
+per-run checkpoint loading and receptive-field probe are paid once; with `jobs=2`, the default, two videos
+go through at once, so the next video's first window decodes while this one's last window runs). Two
+references: the bare forward on one core (the encoder's share when decoding has cores of its own, as on a
+GPU machine) and the bare forward on both cores (two forwards at once, each on one thread: what the
+encoder alone could get from this machine).
+
 "core" is `extract_features` alone on an open reader (no checkpoint loading, receptive-field probe or
 file writing, which `pal-extract` does once per run or per video). "no prefetch" is `pal-extract` with `extract_features(..., prefetch=False)` (the before of change E),
 "before" the code before issue 7 (`baseline.before()`, which also turns the prefetch off).
@@ -78,7 +85,8 @@ def measure(size: int, reps: int) -> dict:
     bound = [max(t_d, t_b * per_row) for t_d, t_b in zip(dc.wall, b.wall)]
     reach = float(np.median([t_bd / t_e for t_bd, t_e in zip(bound, e.wall)]))
     reach_core = float(np.median([t_bd / t_c for t_bd, t_c in zip(bound, res['core'].wall)]))
-    return dict(size=size, rows=rows, window=window, margin=margin, extract=e.median, extract_cpu=e.cpu_median,
+    from pal.features import window_plan
+    return dict(size=size, rows=rows, window=window, margin=margin, windows=len(window_plan(rows, window, margin)), extract=e.median, extract_cpu=e.cpu_median,
                 bare=b.median, bare_cpu=b.cpu_median, clips_per_s=rows / e.median, bare_clips_per_s=clips_bare / b.median,
                 ratio=paired(b, e) * per_row, ratio_cpu=paired(b, e, cpu=True) * per_row,
                 decode=dc.median, decode_cpu=dc.cpu_median, decode_clips_per_s=rows / dc.median,
@@ -92,9 +100,52 @@ def measure(size: int, reps: int) -> dict:
                 speedup_ad=paired(eb, np_))
 
 
+def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+    from pal.features import extract, load_model
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        folder = d / 'videos'; folder.mkdir()
+        for v in bench_videos('untrimmed')[:n_videos]: (folder / v.name).symlink_to(v.resolve())
+        ck = _checkpoint(d, size)
+        enc, cfg, _ = load_model(ck)
+        man = extract(ck, folder, d / 'warm', device='cpu', progress=False, log=None)
+        rows = sum(v['rows'] for v in man['videos'].values())
+        window, L = man['window'], enc.clip_len
+        x = torch.randn(1, 3, window * L, size, size)
+        n_fwd = -(-rows // window)  # one-window forwards that cover `rows` clips
+        per_row = rows / (n_fwd * window)
+        @torch.no_grad()
+        def fwd(n):
+            for _ in range(n): enc(x)
+        pool = ThreadPoolExecutor(2)
+        def bare2(r): list(pool.map(fwd, (n_fwd // 2, n_fwd - n_fwd // 2)))  # both cores: two forwards at once
+        jobs = inspect.signature(extract).parameters['jobs'].default
+        fns = {'jobs1': lambda r: extract(ck, folder, d / 'o1', device='cpu', progress=False, log=None, jobs=1),
+               'default': lambda r: extract(ck, folder, d / 'o2', device='cpu', progress=False, log=None),
+               'bare': lambda r: fwd(n_fwd), 'bare2': bare2}
+        res = compare(fns, reps)
+        pool.shutdown()
+        same = all(np.array_equal(np.load(d / 'warm' / v['features']), np.load(d / o / v['features']))
+                   for v in man['videos'].values() for o in ('o1', 'o2'))
+    b, b2 = res['bare'], res['bare2']
+    out = dict(size=size, videos=n_videos, rows=rows, jobs=jobs, same_features=same,
+               bare_clips_per_s=rows / (b.median * per_row), bare2_clips_per_s=rows / (b2.median * per_row))
+    for k in ('jobs1', 'default'):
+        e = res[k]
+        out[k] = dict(time=e.median, cpu=e.cpu_median, clips_per_s=rows / e.median,
+                      ratio=paired(b, e) * per_row, ratio2=paired(b2, e) * per_row,  # vs one core, vs both cores
+                      cpu_per_clip=e.cpu_median / rows)
+    out['bare_cpu_per_clip'] = b.cpu_median * per_row / rows
+    return out
+
+
 def run(quick: bool = False, log=print) -> dict:
     out = {}
     for size in ((32,) if quick else (32, 112)):
         out[size] = measure(size, 2 if quick else 3)
         log(f'  extraction {size}px: {out[size]}')
+    for size in ((32,) if quick else (32, 112)):
+        out[f'folder{size}'] = measure_folder(size, 2 if quick else 5)
+        log(f'  extraction folder {size}px: {out[f"folder{size}"]}')
     return out

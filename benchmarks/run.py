@@ -1,6 +1,6 @@
 """Run every CPU benchmark of issue 7 and write BENCHMARKS.md (and benchmarks/results/perf_cpu.json).
 
-    python benchmarks/run.py            # everything, about 8 minutes on a busy 2-core CPU
+    python benchmarks/run.py            # everything, about 9 minutes on a busy 2-core CPU
     python benchmarks/run.py --quick    # fewer repetitions and sizes, about 2 minutes
     python benchmarks/run.py --only decode step
 
@@ -23,6 +23,20 @@ RESULTS = HERE / 'results'
 
 def _x(r: float) -> str: return f'{r:.2f}x' if r < 10 else f'{r:.1f}x'
 def _yes(ok: bool) -> str: return 'yes' if ok else '**no**'
+
+
+def _iqr(v: dict) -> str:
+    "The middle half of a step row's per-round ratios, where measured."
+    if 'pal_over_bare_iqr' not in v: return ''
+    (a, b), (c, d) = v['pal_over_video_iqr'], v['pal_over_bare_iqr']
+    return f"; middle half of the {v['reps']} rounds: PAL/video {a:.2f}-{b:.2f}, PAL/bare {c:.2f}-{d:.2f}"
+
+
+def _extraction(R: dict) -> tuple[dict, dict]:
+    "The extraction results of one video per size, and those of a folder per size."
+    e = R.get('extraction') or {}
+    return ({k: v for k, v in e.items() if not str(k).startswith('folder')},
+            {k.removeprefix('folder'): v for k, v in e.items() if str(k).startswith('folder')})
 
 
 def table_rows(R: dict) -> list[str]:
@@ -65,9 +79,9 @@ def table_rows(R: dict) -> list[str]:
         for size, v in st.items():
             rows.append(f"| 3 | Step, tiny, {size} px, batch {v['B']} (x2 videos x {v['T']} frames) | PAL **{ms(v['pal'])}**, video-level "
                         f"**{ms(v['video'])}**, bare backbone fwd+bwd **{ms(v['bare'])}** | PAL/video {v['pal_over_video']:.2f}, "
-                        f"PAL/bare {v['pal_over_bare']:.2f} (CPU {v['pal_over_video_cpu']:.2f}, {v['pal_over_bare_cpu']:.2f}) | "
+                        f"PAL/bare {v['pal_over_bare']:.2f} (CPU {v['pal_over_video_cpu']:.2f}, {v['pal_over_bare_cpu']:.2f}){_iqr(v)} | "
                         f"<= 1.10, <= 1.15 | {_yes(v['pal_over_video'] <= 1.10 and v['pal_over_bare'] <= 1.15)} |")
-    e = R.get('extraction')
+    e, ef = _extraction(R)
     if e:
         for size, v in e.items():
             rows.append(f"| 4 | Extraction, tiny, {size} px, one 60 s video ({v['rows']} clips) | `pal-extract` **{v['clips_per_s']:.0f} clips/s** "
@@ -80,6 +94,14 @@ def table_rows(R: dict) -> list[str]:
                         f"alone (no encoder) **{v['decode_clips_per_s']:.0f} clips/s** and bare forward {v['bare_clips_per_s']:.0f} clips/s; "
                         f"without the prefetch thread {v['rows'] / v['noprefetch']:.0f} clips/s | {v['reach']:.2f} of {slower} | >= 0.9 | "
                         f"{_yes(v['reach'] >= 0.9)}: see note 3 |")
+    for size, v in ef.items():
+        d, j1 = v['default'], v['jobs1']
+        ok = d['ratio'] >= 0.9
+        rows.append(f"| 4c | Extraction of a folder, tiny, {size} px, {v['videos']} videos of 60 s ({v['rows']} clips) | `pal-extract` "
+                    f"(`--jobs {v['jobs']}`, the default) **{d['clips_per_s']:.0f} clips/s**, `--jobs 1` {j1['clips_per_s']:.0f} clips/s, vs bare forward "
+                    f"**{v['bare_clips_per_s']:.0f} clips/s** on one core and {v['bare2_clips_per_s']:.0f} clips/s on both | {d['ratio']:.2f} of the "
+                    f"forward on one core (`--jobs 1` {j1['ratio']:.2f}); {d['ratio2']:.2f} of the forward on both | >= 0.9 | "
+                    f"{'yes, against the forward on one core' if ok else '**no**'}: see note 3 |")
     g = R.get('gpu')
     if g:
         rows.append(f"| 5 | GPU, r2plus1d_18, 112 px, bf16, {g['device']} | training {g['train_clips_per_s']:.0f} clips/s, "
@@ -119,7 +141,7 @@ def optimisation_rows(R: dict) -> list[str]:
     for size, l in s.get('loader', {}).items():
         rows.append(f"| A-D | all of the above | loader, {l['workers']} workers, {size} px, s per batch | {ms(l['loader_before'])} | {ms(l['loader'])} "
                     f"| {_x(l['loader_before'] / l['loader'])} |")
-    for size, v in R.get('extraction', {}).items():
+    for size, v in _extraction(R)[0].items():
         if 'noprefetch' not in v:  # results from before change E was applied
             rows.append(f"| A-D | all of the above | `pal-extract` of one 60 s video, {size} px | {ms(v['before'])} "
                         f"(CPU {ms(v['before_cpu'])}) | {ms(v['extract'])} (CPU {ms(v['extract_cpu'])}) | {_x(v['speedup'])} |")
@@ -160,32 +182,70 @@ default workers against the GPU step there. Row 2c shows what the model sees: th
 """
 
 
+def note2(R: dict) -> str:
+    "Note 2's measured bound for the loader rows that miss the target."
+    s = R.get('synthesis') or {}
+    out = []
+    for size, l in s.get('loader', {}).items():
+        if l['ratio'] >= 1.5: continue
+        out.append(f"At {size} px the loader measured alone, its {l['workers']} workers on both cores with nothing else of ours running, "
+                   f"delivers a batch every {ms(l['loader'])}, the most this machine gives it; 1.5x the step rate would need one every "
+                   f"{ms(l['step'] / 1.5)}, and during training the step takes one of the two cores. That is why "
+                   "`fit` caches the videos when they fit (the default).")
+    return ' '.join(out)
+
+
 def note3(R: dict) -> str:
     "Note 3, with the numbers of the extraction rows."
-    head = ("**Note 3 (extraction on this CPU).** `pal-extract` decodes every frame of the video (frame_stride 2 "
-            "samples every second one, but the decoder must go through all) and preprocesses it. Since change E the "
-            "decoding of the next window runs in a background thread while the encoder runs on this one (PyAV and torch release "
-            "the GIL, so the two use two cores), so the time of a video is at best that of the slower half: decoding "
-            "and preprocessing alone (row 4b, measured without the encoder) or the bare forward. The 0.9x-of-the-bare-"
-            "forward target of row 4 can only be met where the forward is the slower half; row 4b asks whether "
-            "`pal-extract` reaches 0.9 of the slower half.")
-    e = R.get('extraction') or {}
-    parts = []
+    head = ("**Note 3 (extraction on this CPU).** `pal-extract` decodes every frame of a video (frame_stride 2 keeps "
+            "every second one, but the decoder must go through all of them) and preprocesses the kept ones. Since change E "
+            "the next window decodes in a background thread while the encoder runs (PyAV and torch release the GIL, so the "
+            "two use the two cores), so a video takes at best as long as the slower half: decoding and preprocessing alone "
+            "(row 4b, measured without the encoder) or the bare forward. Row 4's target can only be met where the forward "
+            "is the slower half.")
+    e, ef = _extraction(R)
+    items = []
     for size, v in e.items():
         if 'reach' not in v: continue
-        slower = 'decoding' if v['bound'] == 'decode' else 'the forward'
-        parts.append(f"At {size} px decoding alone runs at {v['decode_clips_per_s']:.0f} clips/s and the bare forward at "
-                     f"{v['bare_clips_per_s']:.0f} clips/s, so {slower} is the slower half; `pal-extract` runs at "
-                     f"{v['clips_per_s']:.0f} clips/s, {v['reach']:.2f} of it (without the thread {v['rows'] / v['noprefetch']:.0f} "
-                     f"clips/s; decode + forward take {v['overlap']:.2f}x the time of `pal-extract`, where a perfect overlap would "
-                     f"give {v['overlap'] / v['reach']:.2f}x). `extract_features` alone (no checkpoint loading, receptive-field "
-                     f"probe or file writing) runs at {v['core_clips_per_s']:.0f} clips/s, {v['reach_core']:.2f} of the slower half.")
-    tail = ("At 32 px the thread cannot help (decoding is the bound, and the thread adds its own overhead: `prefetch=False` "
-            "is a few percent faster there); at 112 px it is the main gain of the extraction path. "
-            "This machine has 2 cores and shares them with other jobs (load average in the header), so the second "
-            "core the thread needs is often busy: the overlap shows only part of its effect here; with a free core for "
-            "the thread (or a GPU running the encoder) the slower half is the bound to expect (not measured here).")
-    return ' '.join([head, *parts, tail]) if parts else head.replace('Since change E', 'With change E') + ' ' + tail
+        one = (f"**{size} px, one video.** Decoding alone runs at {v['decode_clips_per_s']:.0f} clips/s and the bare forward at "
+               f"{v['bare_clips_per_s']:.0f} clips/s, so {'decoding' if v['bound'] == 'decode' else 'the forward'} is the slower half. "
+               f"`pal-extract` runs at {v['clips_per_s']:.0f} clips/s, {v['reach']:.2f} of the slower half "
+               f"(without the prefetch thread {v['rows'] / v['noprefetch']:.0f} clips/s: the thread gives {v['prefetch_speedup']:.2f}x). "
+               f"`extract_features` alone, without loading the checkpoint, probing the receptive field or writing files, "
+               f"runs at {v['core_clips_per_s']:.0f} clips/s.")
+        if v['bound'] == 'decode':
+            one += (f" Even with both cores decoding (two videos at once) decoding gives at most 2 x {v['decode_clips_per_s']:.0f} = "
+                    f"{2 * v['decode_clips_per_s']:.0f} clips/s, against the {0.9 * v['bare_clips_per_s']:.0f} clips/s that 0.9 of the "
+                    "bare forward needs: not reachable on this machine.")
+        elif v.get('windows', 1) > 1:
+            fwd, first = v['rows'] / v['bare_clips_per_s'], v['decode'] / v['windows']
+            one += (f" The first of the video's {v['windows']} windows must be decoded before the first forward can start, so "
+                    f"even a perfect overlap takes the forward ({ms(fwd)}) plus 1/{v['windows']} of the decoding ({ms(first)}): "
+                    f"at most {fwd / (fwd + first):.2f} of the bare forward for one video, on any machine. Over a folder, the "
+                    "next video's first window decodes while this one runs (row 4c).")
+            f = ef.get(size)
+            if f:  # how much two busy cores slow each other down here
+                k = f['bare2_clips_per_s'] / f['bare_clips_per_s'] / 2
+                one += (f" Here two forwards at once each run at {k:.2f} of their speed alone (row 4c: {f['bare2_clips_per_s']:.0f} "
+                        f"against {f['bare_clips_per_s']:.0f} clips/s): the two cores slow each other down. If the forward and "
+                        f"the decoding slow each other down alike, the bound for one video on this machine is {k * fwd / (fwd + first):.2f}.")
+        items.append(one)
+    for size, v in ef.items():
+        d, k = v['default'], v['bare2_clips_per_s'] / v['bare_clips_per_s'] / 2
+        items.append(f"**{size} px, a folder (row 4c).** `pal-extract` spends {1e3 * d['cpu_per_clip']:.1f} ms of CPU per clip, the "
+                     f"bare forward {1e3 * v['bare_cpu_per_clip']:.1f} ms; decoding and preprocessing take the rest. With two videos "
+                     f"at once (`--jobs 2`, the default) one video's forward and the other's decoding fill both cores: "
+                     f"{d['ratio']:.2f} of the forward on one core ({v['jobs1']['ratio']:.2f} with `--jobs 1`). Against a forward that has "
+                     f"both cores to itself every clip also pays for its decoding on the same cores, so the most `pal-extract` can "
+                     f"reach is the ratio of CPU times, {v['bare_cpu_per_clip'] / d['cpu_per_clip']:.2f} (measured: {d['ratio2']:.2f}). "
+                     f"Against the forward on one core the same accounting, with two busy cores each running at {k:.2f} of their "
+                     f"speed alone (two forwards at once: {v['bare2_clips_per_s']:.0f} against {v['bare_clips_per_s']:.0f} clips/s), "
+                     f"allows at most 2 x {k:.2f} x {v['bare_cpu_per_clip'] / d['cpu_per_clip']:.2f} = {2 * k * v['bare_cpu_per_clip'] / d['cpu_per_clip']:.2f} "
+                     f"(measured: {d['ratio']:.2f}).")
+    tail = ("This machine has 2 cores and shares them with other jobs (load average in the header), so the core the thread "
+            "needs is often busy. On a GPU machine the encoder runs on the GPU and decoding on the CPU cores, and row 4's "
+            "target means that the GPU is never left waiting (`gpu.py` times the forward there).")
+    return '\n'.join([head, '', *[f'- {i}' for i in items], '', tail])
 
 
 PROPOSALS = """\
@@ -269,14 +329,15 @@ def write_markdown(R: dict, path: Path, argv: list[str], seconds: float):
         '- **Method:** every row compares two (or three) things in the same run, interleaved (A B, B A, A B ...), '
         'after one untimed round; times are medians of the repetitions, ratios are medians of the per-round ratios (steadier '
         'when the load drifts). Wall-clock unless marked CPU; process CPU times are given beside them because on a loaded '
-        'machine wall time includes waiting for a core.',
+        'machine wall time includes waiting for a core. When the load changes during a run, the medians of two things can differ '
+        'more than their per-round ratio (row 3 gives the middle half of its per-round ratios).',
         '- **Videos:** generated once into `benchmarks/.cache/` by `benchmarks/common.py`: 240x320 H.264 '
         '(B-frames, a keyframe every 2 s), 30 fps, 60 s ("untrimmed", ActivityNet-like) and 10 s ("trimmed", '
         'Kinetics-like), procedural scenes cut into shifted, mirrored and reversed 2 s shots. Training sizes as '
         '`pal.train.TrainConfig`: 32 px (the default, decoded at 37x49) and 112 px (decoded at 128x171).',
         '', '## Results', '',
         '| # | benchmark | measured | ratio | target | met |', '|---|---|---|---|---|---|',
-        *table_rows(R), '', NOTES, note3(R), '', '## Optimisations: before and after, in the same run', '',
+        *table_rows(R), '', NOTES.rstrip() + ' ' + note2(R), '', note3(R), '', '## Optimisations: before and after, in the same run', '',
         '"Before" is the code at commit f8b7275, kept in `benchmarks/baseline.py` and switched in by '
         '`baseline.before()` (so data-loader workers, forked inside it, run the old code too).', '',
         '| | change | measured on | before | after | speedup |', '|---|---|---|---|---|---|',

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from common import compare, paired
+from common import compare, paired, paired_spread
 
 
 def _model(method: str, size: int, B: int, backbone: str):
@@ -52,6 +52,9 @@ def measure(size: int, B: int, reps: int, backbone: str = 'tiny') -> dict:
                **{f'{k}_cpu': v.cpu_median for k, v in res.items()})
     out['pal_over_video'] = paired(res['pal'], res['video'])  # medians of the per-round ratios
     out['pal_over_bare'] = paired(res['pal'], res['bare'])
+    out['pal_over_video_iqr'] = paired_spread(res['pal'], res['video'])
+    out['pal_over_bare_iqr'] = paired_spread(res['pal'], res['bare'])
+    out['reps'] = reps
     out['pal_over_video_cpu'] = paired(res['pal'], res['video'], cpu=True)
     out['pal_over_bare_cpu'] = paired(res['pal'], res['bare'], cpu=True)
     return out
@@ -59,7 +62,7 @@ def measure(size: int, B: int, reps: int, backbone: str = 'tiny') -> dict:
 
 def run(quick: bool = False, log=print) -> dict:
     out = {}
-    for size, B, reps in (((32, 6, 4),) if quick else ((32, 6, 8), (112, 2, 4))):
+    for size, B, reps in (((32, 6, 4),) if quick else ((32, 6, 24), (112, 2, 6))):
         out[size] = measure(size, B, reps)
         log(f'  step {size}px: {out[size]}')
     return out
