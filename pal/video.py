@@ -199,6 +199,14 @@ def read_exact(path: str | Path,
     return np.stack(out)
 
 # %% ../nbs/00_video.ipynb #df703756
+_DECORD_CANNOT_SCALE = set()  # (H, W) sizes decord failed to resize to: `VideoReader` resizes those itself
+
+def _resize_rgb(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    "RGB frames `[T, H, W, 3]` resized to `size` (H, W) with PyAV's bilinear scaler, as `read_exact` resizes."
+    fmt = VideoReformatter()
+    return np.stack([fmt.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'), height=size[0], width=size[1],
+                                  format='rgb24', interpolation='BILINEAR').to_ndarray() for f in frames])
+
 class VideoReader:
     "Exact random access to the frames of one video, as uint8 `[T, H, W, 3]` tensors."
     def __init__(self, path: str | Path,
@@ -253,12 +261,18 @@ class VideoReader:
         return frames if len(uniq) == len(idx) and torch.equal(uniq, idx) else frames[inv]  # [T, H, W, 3]
 
     def _read_decord(self, uniq: list[int]) -> np.ndarray:
+        scale = self.size is not None and tuple(self.size) not in _DECORD_CANNOT_SCALE  # decord resizes while decoding
         try:
             if self._vr is None:
-                kw = dict(height=self.height, width=self.width) if self.size is not None else {}
+                kw = dict(height=self.height, width=self.width) if scale else {}
                 self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1, **kw)
-            return self._vr.get_batch(uniq).asnumpy()
-        except decord.DECORDError as e: raise VideoError(f'{self.path}: decord failed ({str(e).splitlines()[0]})') from None
+            frames = self._vr.get_batch(uniq).asnumpy()
+        except decord.DECORDError as e:
+            if scale and 'must exactly match' in str(e):  # decord 0.6 cannot resize to some widths (8, 12, 16, 24, 48, 72, ...)
+                _DECORD_CANNOT_SCALE.add(tuple(self.size)); self._vr = None
+                return self._read_decord(uniq)  # decode at the file's size and resize with PyAV's scaler instead
+            raise VideoError(f'{self.path}: decord failed ({str(e).splitlines()[0]})') from None
+        return frames if scale or self.size is None else _resize_rgb(frames, (self.height, self.width))
 
     def _read_exact(self, uniq: list[int]) -> np.ndarray:
         if self._held and self._state is None: self._state = {}  # keep decoding across calls in a with block
