@@ -21,13 +21,25 @@ def _distributed() -> bool:
     "True when torch.distributed runs with more than one process."
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-def gather_features(x: Tensor) -> Tensor:
-    "All-gather `x` `[M, ...]` across ranks into `[world * M, ...]` (rank order); the local part keeps its gradient. Identity without torch.distributed."
-    if not _distributed(): return x
+def _all_gather(x: Tensor) -> Tensor:  # [M, ...] -> [world * M, ...], rank order, no gradient
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
-    parts[dist.get_rank()] = x  # all_gather does not carry gradients: put the local tensor back
     return torch.cat(parts)
+
+class _GatherWithGrad(torch.autograd.Function):
+    "All-gather whose backward gives each rank the gradient of its own rows summed over every rank's loss."
+    @staticmethod
+    def forward(ctx, x): return _all_gather(x)
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous(); dist.all_reduce(g)  # every rank's loss used every row
+        m = len(g) // dist.get_world_size()
+        return g[dist.get_rank() * m:(dist.get_rank() + 1) * m]
+
+def gather_features(x: Tensor) -> Tensor:
+    "All-gather `x` `[M, ...]` across ranks into `[world * M, ...]` (rank order), gradients flowing back to the rank each row came from. Identity without torch.distributed."
+    if not _distributed(): return x
+    return _GatherWithGrad.apply(x) if x.requires_grad else _all_gather(x)
 
 def rank_offset(m: int) -> int:
     "Row of this rank's first local sample in a gathered batch of `m` per rank (0 without torch.distributed)."

@@ -233,8 +233,12 @@ def test_gather_features_across_two_processes(tmp_path):
     assert [ri['offset'] for ri in r] == [0, 3]
     # the mean of the two local losses is the single-process loss of the whole batch
     assert ((r[0]['loss'] + r[1]['loss']) / 2).item() == pytest.approx(info_nce(q, k)[0].item(), abs=1e-5)
-    # each rank's gradient flows to its own keys only (through its positives and its negatives)
+    # each rank's keys get the gradient of both ranks' losses (they are negatives for the other rank's queries):
+    # averaged over the ranks, as DDP averages, it is the single-process gradient of the whole batch
     kk = k.clone().requires_grad_()
-    full = F.cross_entropy(q[:3] @ kk.T / 0.1, torch.arange(3))
-    full.backward()
-    assert torch.allclose(r[0]['grad'], kk.grad[:3], atol=1e-5)
+    info_nce(q, kk)[0].backward()
+    assert torch.allclose(torch.cat([r[0]['grad'], r[1]['grad']]) / 2, kk.grad, atol=1e-5)
+    # and not just the local part: rank 0's own loss alone gives a different gradient for its keys
+    kl = k.clone().requires_grad_()
+    F.cross_entropy(q[:3] @ kl.T / 0.1, torch.arange(3)).backward()
+    assert not torch.allclose(r[0]['grad'], kl.grad[:3], atol=1e-3)
