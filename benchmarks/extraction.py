@@ -120,7 +120,8 @@ def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
             for _ in range(n): enc(x)
         pool = ThreadPoolExecutor(2)
         def bare2(r): list(pool.map(fwd, (n_fwd // 2, n_fwd - n_fwd // 2)))  # both cores: two forwards at once
-        jobs = inspect.signature(extract).parameters['jobs'].default
+        from pal.features import auto_jobs
+        jobs = inspect.signature(extract).parameters['jobs'].default or auto_jobs(torch.device('cpu'))
         fns = {'jobs1': lambda r: extract(ck, folder, d / 'o1', device='cpu', progress=False, log=None, jobs=1),
                'default': lambda r: extract(ck, folder, d / 'o2', device='cpu', progress=False, log=None),
                'bare': lambda r: fwd(n_fwd), 'bare2': bare2}

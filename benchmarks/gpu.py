@@ -4,7 +4,7 @@ PAL training and for extraction, and MFU from counted FLOPs against a measured b
 One shot, under 5 minutes on an H100/H200. Needs only torch and torchvision (pal.encoder and
 pal.loss import nothing else). With PyAV and decord importable (carried as wheels, see BENCHMARKS.md)
 and the benchmark videos in benchmarks/.cache/ (carried), it also measures the data loader with the
-default workers against the GPU step, and `pal-extract` against the bare forward.
+default workers against the GPU step, and `pal-extract` end to end (two videos at once, and `auto_jobs`).
 
     python3 benchmarks/gpu.py --out $OUT            # on the GPU machine, from the repository root
     python benchmarks/gpu.py --cpu-smoke            # here: tiny sizes on the CPU, checks the script runs
@@ -193,6 +193,20 @@ def data_side(args, dev, step_s: float, B: int) -> dict:
         log(f'  loader, {workers} workers, batch {B}: {sec:.2f} s/batch (GPU step {step_s:.3f} s): ratio {step_s / sec:.2f}'
             f' (startup {stamps[0] - t0:.1f} s)')
     res['gpu_step_s'] = step_s
+    # pal-extract end to end on the same videos (float32, as it runs by default), two videos at once and `auto_jobs`
+    import tempfile
+    from pal.features import extract, random_encoder, save_encoder, auto_jobs
+    with tempfile.TemporaryDirectory() as d:
+        ecfg = TrainConfig(backbone=args.backbone, size=args.size)
+        ck = save_encoder(Path(d) / 'enc.pt', ecfg, random_encoder(ecfg), kind='random')
+        extract(ck, good[0].path, Path(d) / 'warm', device=str(dev), progress=False, log=None)  # cudnn autotuning
+        for jobs in sorted({2, auto_jobs(dev)}):
+            t = time.perf_counter()
+            man = extract(ck, folder, Path(d) / f'j{jobs}', device=str(dev), progress=False, log=None, jobs=jobs)
+            sec = time.perf_counter() - t
+            rows = sum(v['rows'] for v in man['videos'].values())
+            res[f'extract_{jobs}_jobs_clips_per_s'] = rows / sec
+            log(f'  pal-extract, {len(man["videos"])} videos of 60 s, --jobs {jobs}: {rows / sec:.0f} clips/s ({sec:.1f} s)')
     return res
 
 

@@ -25,6 +25,13 @@ def _x(r: float) -> str: return f'{r:.2f}x' if r < 10 else f'{r:.1f}x'
 def _yes(ok: bool) -> str: return 'yes' if ok else '**no**'
 
 
+def _e2e(g: dict) -> str:
+    "`pal-extract` end to end on the GPU machine, where measured."
+    d = g.get('data') or {}
+    runs = sorted((int(k.split('_')[1]), v) for k, v in d.items() if k.startswith('extract_') and k.endswith('_jobs_clips_per_s'))
+    return ''.join(f"; `pal-extract` --jobs {j}: {v:.0f} clips/s" for j, v in runs)
+
+
 def _iqr(v: dict) -> str:
     "The middle half of a step row's per-round ratios, where measured."
     if 'pal_over_bare_iqr' not in v: return ''
@@ -105,7 +112,7 @@ def table_rows(R: dict) -> list[str]:
     g = R.get('gpu')
     if g:
         rows.append(f"| 5 | GPU, r2plus1d_18, 112 px, bf16, {g['device']} | training {g['train_clips_per_s']:.0f} clips/s, "
-                    f"extraction {g['extract_clips_per_s']:.0f} clips/s, MFU {100 * g['train_mfu']:.0f}% (peak {g['peak_tflops']:.0f} TFLOP/s measured) "
+                    f"extraction {g['extract_clips_per_s']:.0f} clips/s (encoder alone){_e2e(g)}, MFU {100 * g['train_mfu']:.0f}% (peak {g['peak_tflops']:.0f} TFLOP/s measured) "
                     f"| {100 * g['train_mfu']:.0f}% | >= 40% MFU | {_yes(g['train_mfu'] >= 0.4)} |")
     else:
         rows.append('| 5 | GPU: r2plus1d_18, 112 px, bf16, channels_last_3d, MFU | not measured: no GPU lent to this task. '
@@ -260,6 +267,10 @@ PROPOSALS = """\
 - `pal.features.extract_features` on CUDA: frames decoded into pinned host memory (in the prefetch
   thread of change E), copied with `non_blocking=True`, preprocessed on the GPU, and fed to the
   encoder in `channels_last_3d` (`extract` converts the encoder once). No bf16 by default.
+- `pal.features.extract` on CUDA: `jobs=None` (the default, `pal.features.auto_jobs`) takes as many videos
+  at once as there are CPU cores but one, at most 16, instead of 2: a video decodes on one core at about 80
+  clips/s at 112 px (row 4b), far below what a GPU encodes. On the CPU it stays 2. `gpu.py` times
+  `pal-extract` end to end with `--jobs 2` and with the default.
 
 ## Not applied yet, and why
 

@@ -24,8 +24,8 @@ from .train import TrainConfig, build_objective, TrainingError, load_checkpoint,
 # %% auto #0
 __all__ = ['random_encoder', 'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess', 'ClipGrid',
            'encode_clips', 'receptive_field', 'context_margin', 'window_plan', 'extract_features', 'feature_names',
-           'ExtractError', 'extract', 'extract_parser', 'extract_cli', 'row_labels', 'self_similarity', 'pca_2d',
-           'boundary_profile', 'boundary_curve']
+           'ExtractError', 'auto_jobs', 'extract', 'extract_parser', 'extract_cli', 'row_labels', 'self_similarity',
+           'pca_2d', 'boundary_profile', 'boundary_curve']
 
 # %% ../nbs/07_features.ipynb #af7b1b2a
 def random_encoder(cfg: TrainConfig) -> Encoder:
@@ -232,6 +232,11 @@ def _save_json(path: Path, d: dict):
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     tmp.write_text(json.dumps(d, indent=1) + '\n'); os.replace(tmp, path)
 
+def auto_jobs(device: torch.device, cpus: int | None = None) -> int:
+    "Videos at once for `jobs=None`: 2 on the CPU (the encoder takes the cores); on CUDA one per CPU core but one, at most 16 (decoding is the bound)."
+    cpus = cpus or os.cpu_count() or 1
+    return max(2, min(16, cpus - 1)) if device.type == 'cuda' else 2
+
 def _video_list(videos: Path) -> tuple[list[Path], Path]:
     "The videos of a folder (recursively) or a single file, and the folder names are relative to."
     if videos.is_file(): return [videos], videos.parent
@@ -249,7 +254,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
             seed: int = 0,  # seed of the 'random' encoder
             progress: bool = True,
             log=print,  # one line per skipped video and a summary; None: silent
-            jobs: int = 2,  # videos decoded and encoded at once, in threads (short videos overlap each other's decoding)
+            jobs: int | None = None,  # videos decoded and encoded at once, in threads; None: `auto_jobs` (2 on the CPU)
            ) -> dict:  # the manifest
     "Features of every video under `videos` with the encoder of `checkpoint`: `out/NAME.npy` and `out/manifest.json`."
     say = (lambda m: log(f'pal-extract: {m}')) if log else (lambda m: None)
@@ -277,7 +282,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
                 return extract_features(encoder, reader, cfg.augment, fs, window, margin, batch), ClipGrid(reader.num_frames, reader.fps, L, fs), None
         except VideoError as e: return None, None, e
     bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
-    ex = ThreadPoolExecutor(max(1, jobs), thread_name_prefix='pal-extract-video')
+    ex = ThreadPoolExecutor(max(1, jobs or auto_jobs(dev)), thread_name_prefix='pal-extract-video')
     try:
         for (path, name), (feats, grid, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
             bar.set_postfix_str(name[-30:])
@@ -315,7 +320,8 @@ def extract_parser() -> argparse.ArgumentParser:
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--window', type=int, default=32, help='clips per window; long videos go through in overlapping windows (default: 32)')
     ap.add_argument('--frame-stride', type=int, default=None, help="video frames between sampled frames (default: the checkpoint's)")
-    ap.add_argument('--jobs', type=int, default=2, help='videos processed at once, in threads (default: 2; features are the same for any value)')
+    ap.add_argument('--jobs', type=int, default=None, help='videos processed at once, in threads (default: 2 on the CPU; on CUDA one per CPU core '
+                    'but one, at most 16; features are the same for any value)')
     ap.add_argument('--batch', type=int, default=1, help='windows per forward pass (default: 1, so that decoding the next window overlaps the forward)')
     ap.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
     ap.add_argument('--seed', type=int, default=0, help="seed of the 'random' encoder (default: 0)")
@@ -326,7 +332,7 @@ def extract_cli(argv: Sequence[str] | None = None):
     "Command line: `pal-extract --checkpoint CK --videos DIR --out DIR`; see `pal-extract --help`."
     ap = extract_parser()
     a = ap.parse_args(argv)
-    if a.window < 1 or a.batch < 1 or a.jobs < 1 or (a.frame_stride is not None and a.frame_stride < 1):
+    if a.window < 1 or a.batch < 1 or (a.jobs is not None and a.jobs < 1) or (a.frame_stride is not None and a.frame_stride < 1):
         ap.error('--window, --batch, --jobs and --frame-stride must be >= 1')
     try: extract(a.checkpoint, a.videos, a.out, a.window, a.frame_stride, a.batch, a.device, a.seed, not a.no_progress, jobs=a.jobs)
     except (ExtractError, TrainingError) as e:

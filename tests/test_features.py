@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from pal.encoder import Encoder
 from pal.features import (ClipGrid, extract, extract_cli, extract_features, feature_names, load_model, random_encoder,
-                          receptive_field, context_margin, window_plan, save_encoder, slim_checkpoint, preprocess, ExtractError)
+                          receptive_field, context_margin, window_plan, save_encoder, slim_checkpoint, preprocess, ExtractError,
+                          auto_jobs)
 from pal.samples import sample_dir
 from pal.sampling import PasteConfig
 from pal.train import TrainConfig, TrainingError, load_encoder
@@ -257,3 +258,19 @@ def test_jobs_give_the_same_files(tmp_path):
     assert [s['file'] for s in mans[3]['skipped']] == ['broken.mp4'] and any('broken.mp4' in l for l in lines[3])
     for name, v in mans[1]['videos'].items():
         assert np.array_equal(np.load(tmp_path / 'o1' / v['features']), np.load(tmp_path / 'o3' / v['features']))
+
+
+def test_auto_jobs():
+    "Two videos at once on the CPU whatever its size; on CUDA one per CPU core but one (decoding is the bound there), 2..16."
+    cpu, gpu = torch.device('cpu'), torch.device('cuda')
+    assert [auto_jobs(cpu, n) for n in (1, 2, 64)] == [2, 2, 2]
+    assert [auto_jobs(gpu, n) for n in (1, 2, 3, 8, 17, 64)] == [2, 2, 2, 7, 16, 16]
+
+
+def test_cli_jobs_default_and_bad_value(tmp_path, capsys):
+    "`--jobs` is optional (auto) and must be >= 1 when given."
+    vids = tmp_path / 'v'; vids.mkdir(); shutil.copy(sample_dir() / 'rings.avi', vids / 'rings.avi')
+    extract_cli(['--checkpoint', 'random', '--videos', str(vids), '--out', str(tmp_path / 'o'), '--window', '3', '--no-progress'])
+    assert (tmp_path / 'o' / 'rings.npy').exists()
+    with pytest.raises(SystemExit): extract_cli(['--checkpoint', 'random', '--videos', str(vids), '--out', str(tmp_path / 'p'), '--jobs', '0'])
+    assert '--jobs' in capsys.readouterr().err
