@@ -12,8 +12,8 @@ a background thread while the encoder runs, so the best it can do is the slower 
   encoder, so `reader.get` + `preprocess` of every window of the same plan, without the thread.
 
 "folder" rows run `pal-extract` on a folder of three 60 s videos, the way a dataset is extracted (the
-per-run checkpoint loading and receptive-field probe are paid once; with `jobs=2`, the default, two videos
-go through at once, so the next video's first window decodes while this one's last window runs). Two
+per-run checkpoint loading and receptive-field probe are paid once; with `jobs=2`, the default on the CPU, two
+videos go through at once, so the next video's first window decodes while this one's last window runs). Two
 references: the bare forward on one core (the encoder's share when decoding has cores of its own, as on a
 GPU machine) and the bare forward on both cores (two forwards at once, each on one thread: what the
 encoder alone could get from this machine).
@@ -86,7 +86,8 @@ def measure(size: int, reps: int) -> dict:
     reach = float(np.median([t_bd / t_e for t_bd, t_e in zip(bound, e.wall)]))
     reach_core = float(np.median([t_bd / t_c for t_bd, t_c in zip(bound, res['core'].wall)]))
     from pal.features import window_plan
-    return dict(size=size, rows=rows, window=window, margin=margin, windows=len(window_plan(rows, window, margin)), extract=e.median, extract_cpu=e.cpu_median,
+    return dict(size=size, rows=rows, window=window, margin=margin, windows=len(window_plan(rows, window, margin)),
+                forwarded=_forwarded(rows, window, margin), extract=e.median, extract_cpu=e.cpu_median,
                 bare=b.median, bare_cpu=b.cpu_median, clips_per_s=rows / e.median, bare_clips_per_s=clips_bare / b.median,
                 ratio=paired(b, e) * per_row, ratio_cpu=paired(b, e, cpu=True) * per_row,
                 decode=dc.median, decode_cpu=dc.cpu_median, decode_clips_per_s=rows / dc.median,
@@ -98,6 +99,12 @@ def measure(size: int, reps: int) -> dict:
                 prefetch_speedup=paired(np_, e), same_features=same,
                 before=eb.median, before_cpu=eb.cpu_median, ratio_before=paired(b, eb) * per_row, speedup=paired(eb, e),
                 speedup_ad=paired(eb, np_))
+
+
+def _forwarded(rows: int, window: int, margin: int) -> int:
+    "Clips `extract_features` runs through the encoder for a video of `rows` clips: the kept ones plus the windows' margins."
+    from pal.features import window_plan
+    return sum(min(window, rows - a) for a, _, _ in window_plan(rows, window, margin))
 
 
 def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
@@ -112,14 +119,16 @@ def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
         man = extract(ck, folder, d / 'warm', device='cpu', progress=False, log=None)
         rows = sum(v['rows'] for v in man['videos'].values())
         window, L = man['window'], enc.clip_len
+        forwarded = sum(_forwarded(v['rows'], window, man['margin']) for v in man['videos'].values())
         x = torch.randn(1, 3, window * L, size, size)
         n_fwd = -(-rows // window)  # one-window forwards that cover `rows` clips
         per_row = rows / (n_fwd * window)
         @torch.no_grad()
         def fwd(n):
             for _ in range(n): enc(x)
+        half = -(-n_fwd // 2)  # forwards per thread: both threads do the same number (2 * half >= n_fwd windows in all)
         pool = ThreadPoolExecutor(2)
-        def bare2(r): list(pool.map(fwd, (n_fwd // 2, n_fwd - n_fwd // 2)))  # both cores: two forwards at once
+        def bare2(r): list(pool.map(fwd, (half, half)))  # both cores: two forwards at once
         from pal.features import auto_jobs
         jobs = inspect.signature(extract).parameters['jobs'].default or auto_jobs(torch.device('cpu'))
         fns = {'jobs1': lambda r: extract(ck, folder, d / 'o1', device='cpu', progress=False, log=None, jobs=1),
@@ -130,12 +139,13 @@ def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
         same = all(np.array_equal(np.load(d / 'warm' / v['features']), np.load(d / o / v['features']))
                    for v in man['videos'].values() for o in ('o1', 'o2'))
     b, b2 = res['bare'], res['bare2']
-    out = dict(size=size, videos=n_videos, rows=rows, jobs=jobs, same_features=same,
-               bare_clips_per_s=rows / (b.median * per_row), bare2_clips_per_s=rows / (b2.median * per_row))
+    per_row2 = rows / (2 * half * window)  # the two-thread forward's time for `rows` clips, as a fraction of its measured time
+    out = dict(size=size, videos=n_videos, rows=rows, forwarded=forwarded, jobs=jobs, same_features=same,
+               bare_clips_per_s=rows / (b.median * per_row), bare2_clips_per_s=rows / (b2.median * per_row2))
     for k in ('jobs1', 'default'):
         e = res[k]
         out[k] = dict(time=e.median, cpu=e.cpu_median, clips_per_s=rows / e.median,
-                      ratio=paired(b, e) * per_row, ratio2=paired(b2, e) * per_row,  # vs one core, vs both cores
+                      ratio=paired(b, e) * per_row, ratio2=paired(b2, e) * per_row2,  # vs one core, vs both cores
                       cpu_per_clip=e.cpu_median / rows)
     out['bare_cpu_per_clip'] = b.cpu_median * per_row / rows
     return out

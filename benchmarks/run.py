@@ -195,8 +195,8 @@ def note2(R: dict) -> str:
     out = []
     for size, l in s.get('loader', {}).items():
         if l['ratio'] >= 1.5: continue
-        out.append(f"At {size} px the loader measured alone, its {l['workers']} workers on both cores with nothing else of ours running, "
-                   f"delivers a batch every {ms(l['loader'])}, the most this machine gives it; 1.5x the step rate would need one every "
+        out.append(f"At {size} px the loader measured alone, its {l['workers']} workers (one per core) with nothing else of ours running, "
+                   f"delivers a batch every {ms(l['loader'])}; 1.5x the step rate would need one every "
                    f"{ms(l['step'] / 1.5)}, and during training the step takes one of the two cores. That is why "
                    "`fit` caches the videos when they fit (the default).")
     return ' '.join(out)
@@ -225,33 +225,30 @@ def note3(R: dict) -> str:
                     f"{2 * v['decode_clips_per_s']:.0f} clips/s, against the {0.9 * v['bare_clips_per_s']:.0f} clips/s that 0.9 of the "
                     "bare forward needs: not reachable on this machine.")
         elif v.get('windows', 1) > 1:
-            fwd, first = v['rows'] / v['bare_clips_per_s'], v['decode'] / v['windows']
-            one += (f" The first of the video's {v['windows']} windows must be decoded before the first forward can start, so "
-                    f"even a perfect overlap takes the forward ({ms(fwd)}) plus 1/{v['windows']} of the decoding ({ms(first)}): "
-                    f"at most {fwd / (fwd + first):.2f} of the bare forward for one video, on any machine. Over a folder, the "
-                    "next video's first window decodes while this one runs (row 4c).")
-            f = ef.get(size)
-            if f:  # how much two busy cores slow each other down here
-                k = f['bare2_clips_per_s'] / f['bare_clips_per_s'] / 2
-                one += (f" Here two forwards at once each run at {k:.2f} of their speed alone (row 4c: {f['bare2_clips_per_s']:.0f} "
-                        f"against {f['bare_clips_per_s']:.0f} clips/s): the two cores slow each other down. If the forward and "
-                        f"the decoding slow each other down alike, the bound for one video on this machine is {k * fwd / (fwd + first):.2f}.")
+            per_clip = v['rows'] / v['bare_clips_per_s'] / v['rows']  # bare forward seconds per clip
+            fwd, ref, first = per_clip * v.get('forwarded', v['rows']), per_clip * v['rows'], v['decode'] / v['windows']
+            one += (f" The windows overlap by the receptive field's margin, so `pal-extract` runs {v.get('forwarded', v['rows'])} clips "
+                    f"through the encoder for the video's {v['rows']} rows, and the first of its {v['windows']} windows must be decoded "
+                    f"before the first forward can start. Even a perfect overlap therefore takes the forward ({ms(fwd)}) plus 1/{v['windows']} "
+                    f"of the decoding ({ms(first)}), against {ms(ref)} for the bare forward on {v['rows']} clips: at most "
+                    f"{ref / (fwd + first):.2f} for one video at these speeds. Over a folder the next video's first window decodes while "
+                    "this one runs (row 4c).")
         items.append(one)
     for size, v in ef.items():
-        d, k = v['default'], v['bare2_clips_per_s'] / v['bare_clips_per_s'] / 2
-        items.append(f"**{size} px, a folder (row 4c).** `pal-extract` spends {1e3 * d['cpu_per_clip']:.1f} ms of CPU per clip, the "
-                     f"bare forward {1e3 * v['bare_cpu_per_clip']:.1f} ms; decoding and preprocessing take the rest. With two videos "
-                     f"at once (`--jobs 2`, the default) one video's forward and the other's decoding fill both cores: "
-                     f"{d['ratio']:.2f} of the forward on one core ({v['jobs1']['ratio']:.2f} with `--jobs 1`). Against a forward that has "
-                     f"both cores to itself every clip also pays for its decoding on the same cores, so the most `pal-extract` can "
-                     f"reach is the ratio of CPU times, {v['bare_cpu_per_clip'] / d['cpu_per_clip']:.2f} (measured: {d['ratio2']:.2f}). "
-                     f"Against the forward on one core the same accounting, with two busy cores each running at {k:.2f} of their "
-                     f"speed alone (two forwards at once: {v['bare2_clips_per_s']:.0f} against {v['bare_clips_per_s']:.0f} clips/s), "
-                     f"allows at most 2 x {k:.2f} x {v['bare_cpu_per_clip'] / d['cpu_per_clip']:.2f} = {2 * k * v['bare_cpu_per_clip'] / d['cpu_per_clip']:.2f} "
-                     f"(measured: {d['ratio']:.2f}).")
+        d = v['default']
+        cap = v['rows'] / v['forwarded'] if 'forwarded' in v else None
+        items.append(f"**{size} px, a folder (row 4c).** With two videos at once (`--jobs 2`, the default on the CPU) one video's "
+                     f"forward and the other's decoding fill both cores: {d['ratio']:.2f} of the forward on one core "
+                     f"({v['jobs1']['ratio']:.2f} with `--jobs 1`)."
+                     + (f" The encoder runs {v['forwarded']} clips for {v['rows']} rows (the windows' margins), so even with decoding "
+                        f"entirely hidden `pal-extract` reaches at most {cap:.2f} of the forward on one core; it gets "
+                        f"{d['ratio'] / cap:.0%} of that." if cap else '')
+                     + f" `pal-extract` spends {1e3 * d['cpu_per_clip']:.1f} ms of CPU per row, the bare forward "
+                     f"{1e3 * v['bare_cpu_per_clip']:.1f} ms per clip; decoding and preprocessing take most of the difference, and a "
+                     f"forward that has both cores to itself does not pay them: against it `pal-extract` reaches {d['ratio2']:.2f}.")
     tail = ("This machine has 2 cores and shares them with other jobs (load average in the header), so the core the thread "
             "needs is often busy. On a GPU machine the encoder runs on the GPU and decoding on the CPU cores, and row 4's "
-            "target means that the GPU is never left waiting (`gpu.py` times the forward there).")
+            "target means that the GPU is never left waiting (`gpu.py` times the forward and `pal-extract` there).")
     return '\n'.join([head, '', *[f'- {i}' for i in items], '', tail])
 
 
@@ -356,7 +353,7 @@ def write_markdown(R: dict, path: Path, argv: list[str], seconds: float):
         'Looked at and left alone: pasting (`paste_batch`) is one gather, about 1 ms per sample; `sample_plan` about '
         '1 ms; the PAL head and loss add a few percent to the backbone (row 3); no frame is decoded twice '
         '(`load_bank` asks each video once for its unique frames).', '',
-        'F. `pal.features.extract`: the videos of a folder go through `jobs` at a time in threads (`--jobs`, default 2), '
+        'F. `pal.features.extract`: the videos of a folder go through `jobs` at a time in threads (`--jobs`, default 2 on the CPU), '
         'because a short video is a single window and the prefetch thread of change E has nothing to overlap within it. '
         'Measured separately with `python benchmarks/folder_extraction.py` (48 toy-benchmark videos of 10-20 s, interleaved, '
         'same features): one at a time 2.81 s, two at a time 1.92 s, **1.47x** (2026-11-26, this machine, load about 0.9).', '',

@@ -156,8 +156,7 @@ def window_plan(rows: int,  # clips in the video
     if window <= 2 * margin: raise ValueError(f'a window of {window} clips keeps nothing with a margin of {margin} clips; use more than {2 * margin}')
     plan, start, kept = [], 0, 0
     while True:
-        last = start + window >= rows
-        if last: start = rows - window  # flush with the end
+        last = start + window >= rows  # this window reaches the end: it stops there, shorter
         end = rows if last else start + window - margin
         plan.append((start, kept, end)); kept = end
         if last: return plan
@@ -179,12 +178,15 @@ def extract_features(encoder: Encoder,  # in eval mode, on its device
     margin = context_margin(encoder) if margin is None else margin
     window = max(window, 2 * margin + 1)  # a window too small for the receptive field cannot be exact
     plan = window_plan(grid.rows, window, margin)
-    n = min(window, grid.rows)  # clips per window
+    size = lambda a: min(window, grid.rows - a)  # clips in the window starting at clip a (the last one is shorter)
     device = next(encoder.parameters()).device
-    chunks = [plan[i:i + batch] for i in range(0, len(plan), batch)]
+    chunks = []  # up to `batch` windows of one size per forward
+    for w in plan:
+        if chunks and len(chunks[-1]) < batch and size(chunks[-1][0][0]) == size(w[0]): chunks[-1].append(w)
+        else: chunks.append([w])
 
     def load(chunk):  # the decoder's side: in the background thread when prefetching
-        frames = torch.stack([reader.get(grid.frame_indices(a, n)) for a, _, _ in chunk])  # [b, T, H, W, 3] uint8
+        frames = torch.stack([reader.get(grid.frame_indices(a, size(a))) for a, _, _ in chunk])  # [b, T, H, W, 3] uint8
         if device.type == 'cpu': return preprocess(frames, aug)  # [b, 3, T, s, s]
         return frames.pin_memory() if device.type == 'cuda' else frames
 
@@ -234,7 +236,7 @@ def _save_json(path: Path, d: dict):
 
 def auto_jobs(device: torch.device, cpus: int | None = None) -> int:
     "Videos at once for `jobs=None`: 2 on the CPU (the encoder takes the cores); on CUDA one per CPU core but one, at most 16 (decoding is the bound)."
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()) or 1  # the cores this process may use
     return max(2, min(16, cpus - 1)) if device.type == 'cuda' else 2
 
 def _video_list(videos: Path) -> tuple[list[Path], Path]:
@@ -282,7 +284,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
                 return extract_features(encoder, reader, cfg.augment, fs, window, margin, batch), ClipGrid(reader.num_frames, reader.fps, L, fs), None
         except VideoError as e: return None, None, e
     bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
-    ex = ThreadPoolExecutor(max(1, jobs or auto_jobs(dev)), thread_name_prefix='pal-extract-video')
+    ex = ThreadPoolExecutor(auto_jobs(dev) if jobs is None else max(1, jobs), thread_name_prefix='pal-extract-video')
     try:
         for (path, name), (feats, grid, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
             bar.set_postfix_str(name[-30:])

@@ -32,7 +32,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx, x): return _all_gather(x)
     @staticmethod
     def backward(ctx, g):
-        g = g.contiguous(); dist.all_reduce(g)  # every rank's loss used every row
+        g = g.clone(memory_format=torch.contiguous_format); dist.all_reduce(g)  # every rank's loss used every row
         m = len(g) // dist.get_world_size()
         return g[dist.get_rank() * m:(dist.get_rank() + 1) * m]
 
