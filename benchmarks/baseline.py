@@ -68,12 +68,38 @@ def no_prefetch():
         if ef is not None: feats.extract_features = ef
 
 
+def window_plan_before(rows: int, window: int, margin: int) -> list[tuple[int, int, int]]:
+    "`pal.features.window_plan` before change G: full-size windows, the last one flush with the end of the video."
+    if rows <= window: return [(0, 0, rows)]
+    if window <= 2 * margin: raise ValueError(f'a window of {window} clips keeps nothing with a margin of {margin} clips')
+    plan, start, kept = [], 0, 0
+    while True:
+        last = start + window >= rows
+        if last: start = rows - window
+        end = rows if last else start + window - margin
+        plan.append((start, kept, end)); kept = end
+        if last: return plan
+        start += window - 2 * margin
+
+
+@contextlib.contextmanager
+def flush_last_window():
+    "Inside this block `pal.features.extract_features` plans its windows as before change G."
+    feats = _try_import('pal.features')
+    wp = getattr(feats, 'window_plan', None)
+    if wp is not None: feats.window_plan = window_plan_before
+    try: yield
+    finally:
+        if wp is not None: feats.window_plan = wp
+
+
 @contextlib.contextmanager
 def before():
     """Inside this block pal behaves as before issue 7: `VideoReader` defaults to decord (mode='auto' then
     meant decord for every file the probe trusted), the PyAV path makes a scaler per frame and seeks at
     every keyframe, augmentation (also `pal.features.preprocess`) is the whole-frame float grid_sample,
-    and `pal.features.extract` decodes and encodes in turn (`extract_features(..., prefetch=False)`).
+    and `pal.features.extract` decodes and encodes in turn (`extract_features(..., prefetch=False)`), with the
+    last window of a video full-size and flush with its end.
     Not reverted: `VideoReader.get` no longer copies frames already in order (a small saving)."""
     import pal.video as V, pal.paste as P
     mods = [m for m in (P, _try_import('pal.train'), _try_import('pal.features')) if m is not None and hasattr(m, 'apply_augment')]
@@ -82,7 +108,7 @@ def before():
     V._rgb, V._SEEK_GAP = rgb_before, 0
     for m in mods: m.apply_augment = apply_augment_before
     try:
-        with no_prefetch(): yield
+        with no_prefetch(), flush_last_window(): yield
     finally:
         V.VideoReader.__init__.__defaults__, V._rgb, V._SEEK_GAP, fns = saved
         for m, f in zip(mods, fns): m.apply_augment = f

@@ -71,9 +71,11 @@ def measure(size: int, reps: int) -> dict:
         run = lambda r: extract(ck, video, d / f'out{r}', device='cpu', progress=False, log=None)
         def plain(r):
             with baseline.no_prefetch(): return run(r)
+        def flush(r):
+            with baseline.flush_last_window(): return run(r)
         def core(r):
             with VideoReader(video, size=cfg.decode_hw) as reader: extract_features(enc, reader, cfg.augment, fs, window, margin, batch)
-        res = compare({'extract': run, 'noprefetch': plain, 'before': lambda r: baseline.run_before(run, r),
+        res = compare({'extract': run, 'noprefetch': plain, 'flush': flush, 'before': lambda r: baseline.run_before(run, r),
                        'core': core, 'decode': decode, 'bare': bare}, reps)
         ref = np.load(d / 'warm' / next(iter(man['videos'].values()))['features'])
         with VideoReader(video, size=cfg.decode_hw) as reader:
@@ -97,6 +99,8 @@ def measure(size: int, reps: int) -> dict:
                 overlap=float(np.median([(t_d + t_b * per_row) / t_e for t_d, t_b, t_e in zip(dc.wall, b.wall, e.wall)])),  # (decode + forward) / pal-extract
                 noprefetch=np_.median, noprefetch_cpu=np_.cpu_median, noprefetch_ratio=paired(b, np_) * per_row,
                 prefetch_speedup=paired(np_, e), same_features=same,
+                flush=res['flush'].median, flush_cpu=res['flush'].cpu_median, short_last_speedup=paired(res['flush'], e),
+                forwarded_flush=sum(min(window, rows - a) for a, _, _ in baseline.window_plan_before(rows, window, margin)),
                 before=eb.median, before_cpu=eb.cpu_median, ratio_before=paired(b, eb) * per_row, speedup=paired(eb, e),
                 speedup_ad=paired(eb, np_))
 

@@ -159,7 +159,12 @@ def optimisation_rows(R: dict) -> list[str]:
                     f"encoder runs on this one (`prefetch=True`), one window per forward (`batch=1`, so that a 60 s video is four "
                     f"forwards to overlap, not one; both are the defaults; same features: {v['same_features']}) | `pal-extract` of one 60 s video, {size} px | "
                     f"{ms(v['noprefetch'])} (CPU {ms(v['noprefetch_cpu'])}) | {ms(v['extract'])} (CPU {ms(v['extract_cpu'])}) | {_x(v['prefetch_speedup'])} |")
-        rows.append(f"| A-E | all of the above | `pal-extract` of one 60 s video, {size} px | {ms(v['before'])} | {ms(v['extract'])} "
+        if 'flush' in v:
+            rows.append(f"| G | `pal.features.window_plan`: the last window of a video runs from its left margin to the end ({v['forwarded']} "
+                        f"clips through the encoder for {v['rows']} rows) instead of a full window flush with the end ({v['forwarded_flush']} "
+                        f"clips) | `pal-extract` of one 60 s video, {size} px | {ms(v['flush'])} (CPU {ms(v['flush_cpu'])}) | {ms(v['extract'])} "
+                        f"(CPU {ms(v['extract_cpu'])}) | {_x(v['short_last_speedup'])} |")
+        rows.append(f"| A-{'G' if 'flush' in v else 'E'} | all of the above | `pal-extract` of one 60 s video, {size} px | {ms(v['before'])} | {ms(v['extract'])} "
                     f"| {_x(v['speedup'])} |")
     return rows
 
