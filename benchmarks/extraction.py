@@ -19,8 +19,11 @@ GPU machine) and the bare forward on both cores (two forwards at once, each on o
 encoder alone could get from this machine).
 
 "core" is `extract_features` alone on an open reader (no checkpoint loading, receptive-field probe or
-file writing, which `pal-extract` does once per run or per video). "no prefetch" is `pal-extract` with `extract_features(..., prefetch=False)` (the before of change E),
-"before" the code before issue 7 (`baseline.before()`, which also turns the prefetch off).
+file writing, which `pal-extract` does once per run or per video). The optimisations are timed as a chain:
+"before" is the code before issue 7 (`baseline.before()`: old decoding and augmentation, no prefetch, a
+full last window flush with the end); "no prefetch" has changes A-D (`extract_features(..., prefetch=False)`,
+still the flush last window); "flush" adds change E (the prefetch thread); `pal-extract` as it is adds
+change G (the short last window).
 """
 from __future__ import annotations
 import inspect, tempfile
@@ -70,7 +73,7 @@ def measure(size: int, reps: int) -> dict:
                 extract_features(NoEncoder(L), reader, cfg.augment, fs, window, margin, batch, prefetch=False)
         run = lambda r: extract(ck, video, d / f'out{r}', device='cpu', progress=False, log=None)
         def plain(r):
-            with baseline.no_prefetch(): return run(r)
+            with baseline.no_prefetch(), baseline.flush_last_window(): return run(r)
         def flush(r):
             with baseline.flush_last_window(): return run(r)
         def core(r):
@@ -98,7 +101,7 @@ def measure(size: int, reps: int) -> dict:
                 core=res['core'].median, core_clips_per_s=rows / res['core'].median, reach_core=reach_core,
                 overlap=float(np.median([(t_d + t_b * per_row) / t_e for t_d, t_b, t_e in zip(dc.wall, b.wall, e.wall)])),  # (decode + forward) / pal-extract
                 noprefetch=np_.median, noprefetch_cpu=np_.cpu_median, noprefetch_ratio=paired(b, np_) * per_row,
-                prefetch_speedup=paired(np_, e), same_features=same,
+                prefetch_speedup=paired(np_, res['flush']), same_features=same,
                 flush=res['flush'].median, flush_cpu=res['flush'].cpu_median, short_last_speedup=paired(res['flush'], e),
                 forwarded_flush=sum(min(window, rows - a) for a, _, _ in baseline.window_plan_before(rows, window, margin)),
                 before=eb.median, before_cpu=eb.cpu_median, ratio_before=paired(b, eb) * per_row, speedup=paired(eb, e),

@@ -199,7 +199,8 @@ def data_side(args, dev, step_s: float, B: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         ecfg = TrainConfig(backbone=args.backbone, size=args.size)
         ck = save_encoder(Path(d) / 'enc.pt', ecfg, random_encoder(ecfg), kind='random')
-        extract(ck, good[0].path, Path(d) / 'warm', device=str(dev), progress=False, log=None)  # cudnn autotuning
+        torch.backends.cudnn.benchmark = False  # as pal-extract runs (no autotuning per window shape: a video's last window is shorter)
+        extract(ck, good[0].path, Path(d) / 'warm', device=str(dev), progress=False, log=None)  # receptive field, CUDA start-up
         both = Path(d) / 'videos'; both.mkdir()  # the 60 s and the 10 s videos: more videos than a few jobs
         for v in sorted(folder.parent.glob('*_240x320/*.mp4')): (both / f'{v.parent.name}_{v.name}').symlink_to(v.resolve())
         for jobs in sorted({2, auto_jobs(dev)}):

@@ -99,7 +99,7 @@ def table_rows(R: dict) -> list[str]:
             slower = 'decode + preprocess alone' if v['bound'] == 'decode' else 'the bare forward'
             rows.append(f"| 4b | Extraction vs its slower half, {size} px | `pal-extract` **{v['clips_per_s']:.0f} clips/s** vs decode + preprocess "
                         f"alone (no encoder) **{v['decode_clips_per_s']:.0f} clips/s** and bare forward {v['bare_clips_per_s']:.0f} clips/s; "
-                        f"without the prefetch thread {v['rows'] / v['noprefetch']:.0f} clips/s | {v['reach']:.2f} of {slower} | >= 0.9 | "
+                        f"the prefetch thread gives {v['prefetch_speedup']:.2f}x (change E) | {v['reach']:.2f} of {slower} | >= 0.9 | "
                         f"{_yes(v['reach'] >= 0.9)}: see note 3 |")
     for size, v in ef.items():
         d, j1 = v['default'], v['jobs1']
@@ -153,12 +153,12 @@ def optimisation_rows(R: dict) -> list[str]:
             rows.append(f"| A-D | all of the above | `pal-extract` of one 60 s video, {size} px | {ms(v['before'])} "
                         f"(CPU {ms(v['before_cpu'])}) | {ms(v['extract'])} (CPU {ms(v['extract_cpu'])}) | {_x(v['speedup'])} |")
             continue
-        rows.append(f"| A-D | all of the above | `pal-extract` of one 60 s video, {size} px, without the prefetch thread | {ms(v['before'])} "
+        rows.append(f"| A-D | all of the above | `pal-extract` of one 60 s video, {size} px, without the prefetch thread{'' if 'flush' not in v else ' and with the flush last window'} | {ms(v['before'])} "
                     f"(CPU {ms(v['before_cpu'])}) | {ms(v['noprefetch'])} (CPU {ms(v['noprefetch_cpu'])}) | {_x(v['speedup_ad'])} |")
         rows.append(f"| E | `pal.features.extract_features`: decode + preprocess the next window in a background thread while the "
                     f"encoder runs on this one (`prefetch=True`), one window per forward (`batch=1`, so that a 60 s video is four "
                     f"forwards to overlap, not one; both are the defaults; same features: {v['same_features']}) | `pal-extract` of one 60 s video, {size} px | "
-                    f"{ms(v['noprefetch'])} (CPU {ms(v['noprefetch_cpu'])}) | {ms(v['extract'])} (CPU {ms(v['extract_cpu'])}) | {_x(v['prefetch_speedup'])} |")
+                    f"{ms(v['noprefetch'])} (CPU {ms(v['noprefetch_cpu'])}) | {ms(v.get('flush', v['extract']))} (CPU {ms(v.get('flush_cpu', v['extract_cpu']))}) | {_x(v['prefetch_speedup'])} |")
         if 'flush' in v:
             rows.append(f"| G | `pal.features.window_plan`: the last window of a video runs from its left margin to the end ({v['forwarded']} "
                         f"clips through the encoder for {v['rows']} rows) instead of a full window flush with the end ({v['forwarded_flush']} "
@@ -222,7 +222,7 @@ def note3(R: dict) -> str:
         one = (f"**{size} px, one video.** Decoding alone runs at {v['decode_clips_per_s']:.0f} clips/s and the bare forward at "
                f"{v['bare_clips_per_s']:.0f} clips/s, so {'decoding' if v['bound'] == 'decode' else 'the forward'} is the slower half. "
                f"`pal-extract` runs at {v['clips_per_s']:.0f} clips/s, {v['reach']:.2f} of the slower half "
-               f"(without the prefetch thread {v['rows'] / v['noprefetch']:.0f} clips/s: the thread gives {v['prefetch_speedup']:.2f}x). "
+               f"(the prefetch thread gives {v['prefetch_speedup']:.2f}x, change E). "
                f"`extract_features` alone, without loading the checkpoint, probing the receptive field or writing files, "
                f"runs at {v['core_clips_per_s']:.0f} clips/s.")
         if v['bound'] == 'decode':
@@ -231,19 +231,20 @@ def note3(R: dict) -> str:
                     "bare forward needs: not reachable on this machine.")
         elif v.get('windows', 1) > 1:
             per_clip = v['rows'] / v['bare_clips_per_s'] / v['rows']  # bare forward seconds per clip
-            fwd, ref, first = per_clip * v.get('forwarded', v['rows']), per_clip * v['rows'], v['decode'] / v['windows']
+            fwd, ref = per_clip * v.get('forwarded', v['rows']), per_clip * v['rows']
+            first = v['decode'] * min(v['window'], v['rows']) / v.get('forwarded', v['rows'])  # the first window's share of the decoding
             one += (f" The windows overlap by the receptive field's margin, so `pal-extract` runs {v.get('forwarded', v['rows'])} clips "
                     f"through the encoder for the video's {v['rows']} rows, and the first of its {v['windows']} windows must be decoded "
-                    f"before the first forward can start. Even a perfect overlap therefore takes the forward ({ms(fwd)}) plus 1/{v['windows']} "
-                    f"of the decoding ({ms(first)}), against {ms(ref)} for the bare forward on {v['rows']} clips: at most "
+                    f"before the first forward can start. Even a perfect overlap therefore takes the forward ({ms(fwd)}) plus the first "
+                    f"window's decoding ({ms(first)}), against {ms(ref)} for the bare forward on {v['rows']} clips: at most "
                     f"{ref / (fwd + first):.2f} for one video at these speeds. Over a folder the next video's first window decodes while "
                     "this one runs (row 4c).")
         items.append(one)
     for size, v in ef.items():
         d = v['default']
         cap = v['rows'] / v['forwarded'] if 'forwarded' in v else None
-        items.append(f"**{size} px, a folder (row 4c).** With two videos at once (`--jobs 2`, the default on the CPU) one video's "
-                     f"forward and the other's decoding fill both cores: {d['ratio']:.2f} of the forward on one core "
+        items.append(f"**{size} px, a folder (row 4c).** With two videos at once (`--jobs 2`, the default on the CPU) their "
+                     f"work keeps both cores busy: {d['ratio']:.2f} of the forward on one core "
                      f"({v['jobs1']['ratio']:.2f} with `--jobs 1`)."
                      + (f" The encoder runs {v['forwarded']} clips for {v['rows']} rows (the windows' margins), so with one forward at "
                         f"a time (`--jobs 1`) even a perfectly hidden decoding gives at most {cap:.2f} of the forward on one core; it gets "
