@@ -52,7 +52,7 @@ class NoEncoder(torch.nn.Module):
 
 
 def measure(size: int, reps: int) -> dict:
-    from pal.features import extract, extract_features, load_model
+    from pal.features import extract, extract_features, load_model, window_plan
     from pal.video import VideoReader
     video = bench_videos('untrimmed')[0]
     with tempfile.TemporaryDirectory() as d:
@@ -90,7 +90,6 @@ def measure(size: int, reps: int) -> dict:
     bound = [max(t_d, t_b * per_row) for t_d, t_b in zip(dc.wall, b.wall)]
     reach = float(np.median([t_bd / t_e for t_bd, t_e in zip(bound, e.wall)]))
     reach_core = float(np.median([t_bd / t_c for t_bd, t_c in zip(bound, res['core'].wall)]))
-    from pal.features import window_plan
     return dict(size=size, rows=rows, window=window, margin=margin, windows=len(window_plan(rows, window, margin)),
                 forwarded=_forwarded(rows, window, margin), extract=e.median, extract_cpu=e.cpu_median,
                 bare=b.median, bare_cpu=b.cpu_median, clips_per_s=rows / e.median, bare_clips_per_s=clips_bare / b.median,
@@ -103,20 +102,20 @@ def measure(size: int, reps: int) -> dict:
                 noprefetch=np_.median, noprefetch_cpu=np_.cpu_median, noprefetch_ratio=paired(b, np_) * per_row,
                 prefetch_speedup=paired(np_, res['flush']), same_features=same,
                 flush=res['flush'].median, flush_cpu=res['flush'].cpu_median, short_last_speedup=paired(res['flush'], e),
-                forwarded_flush=sum(min(window, rows - a) for a, _, _ in baseline.window_plan_before(rows, window, margin)),
+                forwarded_flush=_forwarded(rows, window, margin, baseline.window_plan_before),
                 before=eb.median, before_cpu=eb.cpu_median, ratio_before=paired(b, eb) * per_row, speedup=paired(eb, e),
                 speedup_ad=paired(eb, np_))
 
 
-def _forwarded(rows: int, window: int, margin: int) -> int:
-    "Clips `extract_features` runs through the encoder for a video of `rows` clips: the kept ones plus the windows' margins."
+def _forwarded(rows: int, window: int, margin: int, plan=None) -> int:
+    "Clips `extract_features` runs through the encoder for a video of `rows` clips (`plan`: default `window_plan`): the kept ones plus the windows' margins."
     from pal.features import window_plan
-    return sum(min(window, rows - a) for a, _, _ in window_plan(rows, window, margin))
+    return sum(min(window, rows - a) for a, _, _ in (plan or window_plan)(rows, window, margin))
 
 
 def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
     from concurrent.futures import ThreadPoolExecutor
-    from pal.features import extract, load_model
+    from pal.features import extract, load_model, auto_jobs
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         folder = d / 'videos'; folder.mkdir()
@@ -136,7 +135,6 @@ def measure_folder(size: int, reps: int, n_videos: int = 3) -> dict:
         half = -(-n_fwd // 2)  # forwards per thread: both threads do the same number (2 * half >= n_fwd windows in all)
         pool = ThreadPoolExecutor(2)
         def bare2(r): list(pool.map(fwd, (half, half)))  # both cores: two forwards at once
-        from pal.features import auto_jobs
         jobs = inspect.signature(extract).parameters['jobs'].default or auto_jobs(torch.device('cpu'))
         fns = {'jobs1': lambda r: extract(ck, folder, d / 'o1', device='cpu', progress=False, log=None, jobs=1),
                'default': lambda r: extract(ck, folder, d / 'o2', device='cpu', progress=False, log=None),

@@ -183,8 +183,8 @@ def data_side(args, dev, step_s: float, B: int) -> dict:
     cfg = TrainConfig(videos=str(folder), size=args.size, batch_size=B, cache_mb=0, steps=args.loader_batches + 1)
     good, _ = probe_videos(sorted(folder.glob('*.mp4')), cfg.decode_hw, cfg.min_frames, 0, 8, log=None)
     res = {}
-    n = os.cpu_count() or 1
-    for workers in sorted({min(4, n), max(1, min(16, n - 1))}):  # the old default, and pal.train's default on CUDA now
+    from pal.train import _auto_workers
+    for workers in sorted({min(4, os.cpu_count() or 1), _auto_workers(dev, False)}):  # the old default, and pal.train's default now
         stamps = []
         t0 = time.perf_counter()
         for _ in make_loader(PalDataset(good, cfg), 0, workers=workers, pin=dev.type == 'cuda'): stamps.append(time.perf_counter())

@@ -230,7 +230,7 @@ def note3(R: dict) -> str:
                     f"{2 * v['decode_clips_per_s']:.0f} clips/s, against the {0.9 * v['bare_clips_per_s']:.0f} clips/s that 0.9 of the "
                     "bare forward needs: not reachable on this machine.")
         elif v.get('windows', 1) > 1:
-            per_clip = v['rows'] / v['bare_clips_per_s'] / v['rows']  # bare forward seconds per clip
+            per_clip = 1 / v['bare_clips_per_s']  # bare forward seconds per clip
             fwd, ref = per_clip * v.get('forwarded', v['rows']), per_clip * v['rows']
             first = v['decode'] * min(v['window'], v['rows']) / v.get('forwarded', v['rows'])  # the first window's share of the decoding
             one += (f" The windows overlap by the receptive field's margin, so `pal-extract` runs {v.get('forwarded', v['rows'])} clips "

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .video import VideoReader, VideoError, list_videos, VIDEO_EXTS
 from .paste import AugmentConfig, AugmentParams, apply_augment
 from .encoder import Encoder
-from .train import TrainConfig, build_objective, TrainingError, load_checkpoint, save_checkpoint, resolve_device
+from .train import TrainConfig, build_objective, TrainingError, load_checkpoint, save_checkpoint, resolve_device, _auto_workers
 
 # %% auto #0
 __all__ = ['random_encoder', 'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess', 'ClipGrid',
@@ -236,8 +236,9 @@ def _save_json(path: Path, d: dict):
 
 def auto_jobs(device: torch.device, cpus: int | None = None) -> int:
     "Videos at once for `jobs=None`: 2 on the CPU (the encoder takes the cores); on CUDA one per CPU core but one, at most 16 (decoding is the bound)."
+    if device.type != 'cuda': return 2
     cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()) or 1  # the cores this process may use
-    return max(2, min(16, cpus - 1)) if device.type == 'cuda' else 2
+    return max(2, _auto_workers(device, False, cpus))  # as many as pal.train's loader workers on CUDA
 
 def _video_list(videos: Path) -> tuple[list[Path], Path]:
     "The videos of a folder (recursively) or a single file, and the folder names are relative to."

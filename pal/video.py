@@ -204,8 +204,7 @@ _DECORD_CANNOT_SCALE = set()  # (H, W) sizes decord failed to resize to: `VideoR
 def _resize_rgb(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     "RGB frames `[T, H, W, 3]` resized to `size` (H, W) with PyAV's bilinear scaler, as `read_exact` resizes."
     fmt = VideoReformatter()
-    return np.stack([fmt.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'), height=size[0], width=size[1],
-                                  format='rgb24', interpolation='BILINEAR').to_ndarray() for f in frames])
+    return np.stack([_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'), size, fmt) for f in frames])
 
 class VideoReader:
     "Exact random access to the frames of one video, as uint8 `[T, H, W, 3]` tensors."
