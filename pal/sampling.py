@@ -23,9 +23,10 @@ class PasteConfig:
     frame_stride: int = 2  # source frames between two consecutive output frames at normal speed
     min_region_clips: int = 2  # shortest pseudo action, in clips at normal speed
     max_region_clips: int | None = None  # longest pseudo action in clips; None means n_clips // 2
+    min_span_clips: float = 2.0  # shortest pasted span in output clips, after the speed: a drawn region that would play shorter is lengthened in the source (0: off)
     min_scale: float = 0.5  # slowest speed: 0.5 shows each source frame twice (slow motion)
     max_scale: float = 2.0  # fastest speed: 2 skips every other source frame
-    log_scale: bool = False  # draw the speed log-uniformly (as often slower as faster) instead of uniformly
+    log_scale: bool = True  # draw the speed log-uniformly (as often slower as faster); False: uniformly, so 2/3 of the draws on [0.5, 2] speed up
     same_region: bool = False  # both synthetic videos carry the same source span (else two independent regions)
     min_bg_frames: int | None = None  # background frames always left in a synthetic video; None means clip_len
     position: str = 'any'  # 'any': background on at least one side; 'inside': background on both sides
@@ -52,11 +53,17 @@ class PasteConfig:
         "Longest pasted span in output frames that still leaves the background margin."
         return self.T - self.bg_margin * (2 if self.position == 'inside' else 1)
 
+    @property
+    def min_span(self) -> int:
+        "Shortest pasted span of a drawn region, in output frames: `min_span_clips` clips, at most `max_span`."
+        return max(0, min(math.ceil(self.min_span_clips * self.clip_len - 1e-9), self.max_span))
+
     def __post_init__(self):
         for name in ('n_clips', 'clip_len', 'frame_stride', 'min_region_clips'):
             if getattr(self, name) < 1: raise ValueError(f"PasteConfig.{name} must be >= 1, got {getattr(self, name)}")
         lo, hi = self.region_range
         if hi < lo: raise ValueError(f"PasteConfig: max_region_clips ({hi}) < min_region_clips ({lo})")
+        if self.min_span_clips < 0: raise ValueError(f"PasteConfig.min_span_clips must be >= 0, got {self.min_span_clips}")
         if not 0 < self.min_scale <= self.max_scale:
             raise ValueError(f"PasteConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
         if self.position not in ('any', 'inside'):
@@ -180,10 +187,16 @@ def sample_plan(src_len: int, # frames in the source video
     if cfg.log_scale: s = [math.exp(math.log(cfg.min_scale) + u * math.log(cfg.max_scale / cfg.min_scale)) for u in u_s]
     else: s = [cfg.min_scale + u * (cfg.max_scale - cfg.min_scale) for u in u_s]
     # overrides
+    drawn = [kf is None for kf in _pair(region_clips)]
     k = [kf if kf is not None else kd for kf, kd in zip(_pair(region_clips), k)]
     s = [sf if sf is not None else sd for sf, sd in zip(_pair(scale), s)]
     if any(v <= 0 for v in s): raise ValueError(f"scale must be > 0, got {s}")
-    if cfg.same_region: k[1], u_src[1] = k[0], u_src[0]
+    # a drawn region too short to last min_span output frames at its speed takes more of the source instead
+    lmin, cl = cfg.min_span, cfg.clip_len
+    if cfg.same_region:
+        k[1], u_src[1] = k[0], u_src[0]
+        if drawn[0]: k = [max(k[0], (lmin + 0.5) * max(s) / cl)] * 2  # + 0.5: the fastest copy survives equalising below
+    else: k = [max(ki, lmin * si / cl) if d else ki for ki, si, d in zip(k, s, drawn)]
     # region lengths, then source starts
     step = [si * stride for si in s]
     L = [region_frames(ki, si, cfg, src_len) for ki, si in zip(k, s)]

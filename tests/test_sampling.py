@@ -13,6 +13,7 @@ def configs(draw):
     smin = draw(st.floats(0.25, 2.0))
     kw = dict(n_clips=n_clips, clip_len=draw(st.integers(1, 10)), frame_stride=draw(st.integers(1, 4)),
               min_region_clips=lo, max_region_clips=draw(st.integers(lo, lo + 4)),
+              min_span_clips=draw(st.sampled_from([0, 1, 1.5, 2, 3])),
               min_scale=smin, max_scale=smin * draw(st.floats(1.0, 4.0)),
               log_scale=draw(st.booleans()), same_region=draw(st.booleans()),
               min_bg_frames=draw(st.one_of(st.none(), st.integers(1, 12))),
@@ -57,10 +58,14 @@ def test_plan_invariants(cfg, src_len, b0, b1, seed):
         if bg_len >= T * stride: assert (bg.diff() == stride).all() and bg[0] == plan.bg_start[i]
         assert torch.equal(plan.frame_idx[i], torch.where(plan.pasted[i], plan.frame_idx[i], bg))
         assert torch.equal(plan.frame_idx[i][~plan.pasted[i]], bg[~plan.pasted[i]])
-        # the region length comes from the configured range (unless the two regions were equalised)
+        # the region length comes from the configured range, lengthened to the minimum span (unless the two regions
+        # were equalised); it is at least the minimum span unless the source is too short
         if not cfg.same_region:
             lo, hi = cfg.region_range
-            assert any(region_frames(k, plan.scale[i], cfg, src_len) == L for k in range(lo, hi + 1))
+            s_i = plan.scale[i]
+            assert any(region_frames(max(k, cfg.min_span * s_i / cfg.clip_len), s_i, cfg, src_len) == L for k in range(lo, hi + 1))
+            fits = math.floor((src_len - 1) / (s_i * stride) + 1e-9) + 1  # output frames the source can give at this speed
+            assert L >= min(cfg.min_span, fits)
         if cfg.clip_aligned and cfg.position == 'any':
             assert s % cfg.clip_len == 0
     if cfg.same_region: assert plan.src_start[0] == plan.src_start[1]
@@ -83,6 +88,40 @@ def test_overrides(src_len, seed, k, s, f):
     # forcing one value leaves the other draws alone
     free = sample_plan(src_len, (300, 300), cfg, seed=seed, scale=s)
     assert free.bg_start == plan.bg_start
+
+
+def test_speed_is_as_often_slower_as_faster():
+    "The default speed law is log-uniform on [0.5, 2]: half the draws slow down, and the median speed is 1."
+    cfg = PasteConfig()
+    assert cfg.log_scale and (cfg.min_scale, cfg.max_scale) == (0.5, 2.0)
+    s = torch.tensor([sample_plan(300, (300, 300), cfg, seed=i).scale for i in range(2000)]).flatten()
+    assert abs((s < 1).float().mean().item() - 0.5) < 0.03 and abs(s.log().median().item()) < 0.05
+    # the old law, uniform on [0.5, 2], stays an option: a third of the draws slow down
+    u = torch.tensor([sample_plan(300, (300, 300), PasteConfig(log_scale=False), seed=i).scale for i in range(2000)]).flatten()
+    assert abs((u < 1).float().mean().item() - 1 / 3) < 0.03
+
+
+@pytest.mark.parametrize('kw', [{}, dict(clip_len=4, frame_stride=1), dict(same_region=True)])
+def test_pasted_spans_last_at_least_two_clips(kw):
+    "A drawn pseudo action plays for at least min_span_clips = 2 clips (the region takes more source frames instead)."
+    cfg = PasteConfig(**kw)
+    assert cfg.min_span_clips == 2 and cfg.min_span == 2 * cfg.clip_len
+    plans = [sample_plan(400, (300, 300), cfg, seed=i) for i in range(1000)]
+    for p in plans:
+        for i in range(2):
+            L = p.span[i][1] - p.span[i][0]
+            other = p.span[1 - i][1] - p.span[1 - i][0]
+            # same region: the only exception is a fast copy whose slow twin filled the longest span (56 frames)
+            assert L >= cfg.min_span or (cfg.same_region and other == cfg.max_span), (p, L)
+            assert p.region_clips[i] == pytest.approx(L * p.scale[i] / cfg.clip_len)
+    # without the minimum, the old draws: about 31 % of spans under 2 clips (uniform speed), 22 % (log-uniform)
+    short = lambda c: sum(e - b < 2 * c.clip_len for p in (sample_plan(400, (300, 300), c, seed=i) for i in range(1000))
+                          for b, e in p.span) / 2000
+    assert short(cfg) < 0.005
+    if not kw: assert 0.27 < short(PasteConfig(min_span_clips=0, log_scale=False)) < 0.35
+    # forcing the region length is taken as given (the explorer shows exactly what is asked for)
+    assert sample_plan(400, (300, 300), cfg, seed=0, region_clips=1, scale=2.0).span[0][1] - \
+        sample_plan(400, (300, 300), cfg, seed=0, region_clips=1, scale=2.0).span[0][0] == cfg.clip_len // 2
 
 
 def test_seeds_differ():
@@ -115,6 +154,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match='two background'): sample_plan(10, (10,))
     with pytest.raises(ValueError, match='fraction'): sample_plan(100, (100, 100), position=1.5)
     with pytest.raises(ValueError, match='position'): PasteConfig(position='middle')
+    with pytest.raises(ValueError, match='min_span_clips'): PasteConfig(min_span_clips=-1)
 
 
 def test_stack_spans():
