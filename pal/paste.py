@@ -379,20 +379,31 @@ def draw_pair(videos: Sequence[VideoReader], # source, background 0, background 
     fig.plan = plan  # for inspection and tests
     return fig
 
-def explore(videos: Sequence[VideoReader], cfg: PasteConfig | None = None):
-    "ipywidgets sliders (seed, region length, speed and position of each copy) that redraw `draw_pair`."
+def explore(videos: Sequence[VideoReader], # 3 or more readers opened with the same size; the first three start as A, B, C
+            cfg: PasteConfig | None = None):
+    "ipywidgets controls (source and backgrounds, seed, region length, speed and position of each copy) that redraw `draw_pair`."
     import ipywidgets as widgets
+    if len(videos) < 3: raise ValueError(f'explore needs at least 3 videos (a source and two backgrounds), got {len(videos)}')
+    _check_sizes(videos)
     cfg = cfg or PasteConfig()
     lo, hi = cfg.region_range
-    fs = lambda v, a, b, d: widgets.FloatSlider(value=v, min=a, max=b, step=d, continuous_update=False)
-    def redraw(seed, region_clips, scale_B, scale_C, position_B, position_C):
-        fig = draw_pair(videos, seed, region_clips, (scale_B, scale_C), (position_B, position_C), cfg)
+    style, layout = dict(description_width='95px'), widgets.Layout(width='265px')  # three columns in 800 pixels
+    menu = lambda k: widgets.Dropdown(options=[(f'{v.path.name} ({v.num_frames} frames)', j) for j, v in enumerate(videos)],
+                                      value=k, style=style, layout=layout)
+    fs = lambda v, a, b, d: widgets.FloatSlider(value=v, min=a, max=b, step=d, continuous_update=False, style=style, layout=layout)
+    def redraw(source, background_B, background_C, seed, region_clips, scale_B, scale_C, position_B, position_C):
+        fig = draw_pair([videos[source], videos[background_B], videos[background_C]], seed, region_clips,
+                        (scale_B, scale_C), (position_B, position_C), cfg)
         plt.show()
         return fig
-    return widgets.interactive(redraw, seed=widgets.IntSlider(value=0, min=0, max=99, continuous_update=False),
-                               region_clips=fs(lo, lo, hi, 0.25),
-                               scale_B=fs(1.0, cfg.min_scale, cfg.max_scale, 0.05), scale_C=fs(1.0, cfg.min_scale, cfg.max_scale, 0.05),
-                               position_B=fs(0.2, 0, 1, 0.05), position_C=fs(0.8, 0, 1, 0.05))
+    w = widgets.interactive(redraw, source=menu(0), background_B=menu(1), background_C=menu(2),
+                            seed=widgets.IntSlider(value=0, min=0, max=99, continuous_update=False, style=style, layout=layout),
+                            region_clips=fs(lo, lo, hi, 0.25),
+                            scale_B=fs(1.0, cfg.min_scale, cfg.max_scale, 0.05), scale_C=fs(1.0, cfg.min_scale, cfg.max_scale, 0.05),
+                            position_B=fs(0.2, 0, 1, 0.05), position_C=fs(0.8, 0, 1, 0.05))
+    c = w.kwargs_widgets  # in the order of `redraw`'s arguments; laid out in three columns, the figure below
+    w.children = (widgets.HBox([widgets.VBox(c[0:3]), widgets.VBox([c[3], c[5], c[6]]), widgets.VBox([c[4], c[7], c[8]])]), w.out)
+    return w
 
 # %% ../nbs/03_paste.ipynb #80d23bca
 def _readable(paths: Sequence[Path], size: tuple[int, int], log=print) -> list[VideoReader]:

@@ -209,12 +209,47 @@ def test_explorer_redraws(readers):
         assert [e - b for b, e in p.span] == [min(round(k * 8 / x), 56) for x in want_s]
         if f == (0.0, 1.0): assert p.span[0][0] == 0 and p.span[1][1] == 64
         plt.close(fig)
-    w = explore(videos)
-    sliders = {c.description: c for c in w.children if hasattr(c, 'description')}
-    sliders['scale_B'].value = 2.0
-    sliders['region_clips'].value = 3.0
+    w = explore(readers)
+    ctl = {c.description: c for c in w.kwargs_widgets}
+    assert list(ctl) == ['source', 'background_B', 'background_C', 'seed', 'region_clips', 'scale_B', 'scale_C',
+                         'position_B', 'position_C']
+    assert w.result.plan.src_len == readers[0].num_frames and w.result.plan.bg_lens == (readers[1].num_frames, readers[2].num_frames)
+    ctl['scale_B'].value = 2.0
+    ctl['region_clips'].value = 3.0
     assert w.result.plan.scale[0] == 2.0 and w.result.plan.span[0][1] - w.result.plan.span[0][0] == 12
+    # the menus choose the videos: the fourth one as the source
+    ctl['source'].value = 3
+    assert w.result.plan.src_len == readers[3].num_frames
+    assert readers[3].path.name in w.result.get_suptitle()
+    # the seed draws the source starts (and nothing the sliders force): another seed, another plan, same spans
+    before = w.result.plan
+    ctl['seed'].value = 1
+    after = w.result.plan
+    assert after.span == before.span and after.scale == before.scale and after.src_start != before.src_start
+    again = draw_pair([readers[3], readers[1], readers[2]], 1, 3.0, (2.0, 1.0), (0.2, 0.8)).plan
+    assert torch.equal(after.frame_idx, again.frame_idx) and torch.equal(after.video_idx, again.video_idx)
     plt.close('all')
+
+
+def test_explorer_seed_moves_a_long_background(readers):
+    "A background longer than the 128-frame window: the seed moves the window; a shorter one is played whole."
+    long = VideoReader(sample_dir() / 'bframes_pts_eq_dts.mp4', size=SIZE)
+    assert long.num_frames > 128 > max(r.num_frames for r in readers)
+    w = explore([readers[0], long, readers[1]])
+    ctl = {c.description: c for c in w.kwargs_widgets}
+    starts = set()
+    for seed in range(8):
+        ctl['seed'].value = seed
+        starts.add(w.result.plan.bg_start)
+    assert len({b for b, _ in starts}) > 3 and {c for _, c in starts} == {0}
+    assert max(b for b, _ in starts) <= long.num_frames - 128
+    plt.close('all')
+
+
+def test_explorer_rejects_bad_videos(readers):
+    with pytest.raises(ValueError, match='at least 3 videos'): explore(readers[:2])
+    other = VideoReader(sample_dir() / 'waves.webm', size=(32, 32))
+    with pytest.raises(ValueError, match='waves.webm 32x32'): explore([readers[0], readers[1], other])
 
 
 def test_synth_cli_on_samples(tmp_path, capsys):
