@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_localization.ipynb #b1ff7e50
 from __future__ import annotations
-import argparse, json, math, sys
+import argparse, json, math, reprlib, sys, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -24,15 +24,21 @@ __all__ = ['TIOU_PRESETS', 'segment_iou', 'match_detections', 'interpolated_ap',
 def segment_iou(a, # segments [N, 2] or one segment [2], (start, end) in seconds
                 b, # segments [M, 2] or one segment [2]
                ) -> np.ndarray: # tIoU [N, M]
-    "Pairwise temporal IoU of two sets of segments."
+    "Pairwise temporal IoU of two sets of segments (two equal zero-length segments: 1)."
     a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
     inter = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
     inter = np.clip(inter, 0, None)                                            # [N, M]
     union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    same = (a[:, None, 0] == b[None, :, 0]) & (a[:, None, 1] == b[None, :, 1])
+    return np.where(same & (union <= 0), 1.0, iou)
 
 # %% ../nbs/08_localization.ipynb #2bc4c83c
+def _descending(x) -> np.ndarray:
+    "Indices sorting `x` high to low, ties included, exactly as the official code sorts: `argsort()[::-1]`."
+    return np.argsort(np.asarray(x, dtype=np.float64))[::-1]
+
 def match_detections(gt: dict, # video -> ground-truth segments [K, 2] of one class
                      vids, # video of each prediction [P]
                      segs, # predicted segments [P, 2]
@@ -42,14 +48,14 @@ def match_detections(gt: dict, # video -> ground-truth segments [K, 2] of one cl
     "Greedy ActivityNet matching of one class's predictions to its ground truth."
     tious = np.asarray(tious, dtype=np.float64).reshape(-1)
     segs = np.asarray(segs, dtype=np.float64).reshape(-1, 2)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind='stable')  # ties keep input order
+    order = _descending(scores)
     tp = np.zeros((len(tious), len(order)), dtype=bool)
     taken = {v: np.zeros((len(tious), len(g)), dtype=bool) for v, g in gt.items()}
     for j, i in enumerate(order):
         g = gt.get(vids[i])
-        if g is None or len(g) == 0: continue
+        if g is None or len(g) == 0: continue                                # no ground truth there: a false positive
         iou = segment_iou(segs[i], g)[0]                                      # [K]
-        by_iou = np.argsort(-iou, kind='stable')
+        by_iou = _descending(iou)
         for t, thr in enumerate(tious):
             for k in by_iou:
                 if iou[k] < thr: break
@@ -90,16 +96,26 @@ TIOU_PRESETS = {'default': tuple(np.round(np.arange(0.3, 0.71, 0.1), 2).tolist()
                 'anet': tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())}
 
 class EvalInputError(ValueError):
-    "A ground-truth or prediction file (or dict) that does not follow the ActivityNet format."
+    "A ground-truth or prediction file (or dict) that does not follow the ActivityNet format, or that nothing can be scored with."
+
+def _short(x) -> str:
+    "A short repr of any JSON value (safe on deeply nested ones) for error messages."
+    return reprlib.repr(x)
 
 def _segment(x, where: str) -> tuple[float, float]:
     "Validate one `segment` value: two finite numbers, start <= end."
     if not (isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)):
-        raise EvalInputError(f"{where}: 'segment' must be [start, end] in seconds, got {x!r}")
+        raise EvalInputError(f"{where}: 'segment' must be [start, end] in seconds, got {_short(x)}")
     s, e = float(x[0]), float(x[1])
     if not (math.isfinite(s) and math.isfinite(e)) or e < s:
-        raise EvalInputError(f"{where}: 'segment' must have finite start <= end, got {x!r}")
+        raise EvalInputError(f"{where}: 'segment' must have finite start <= end, got {_short(x)}")
     return s, e
+
+def _label(x, where: str) -> str | int | float:
+    "Validate one `label`: a string or a finite number; an integral float becomes an int (3.0 is label 3, as in the official code)."
+    if isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)): return x
+    if isinstance(x, float) and math.isfinite(x): return int(x) if x.is_integer() else x
+    raise EvalInputError(f"{where}: 'label' must be a string or a number, got {_short(x)}")
 
 def _unwrap(d, key: str, source: str) -> dict:
     "Accept either the whole ActivityNet JSON object or its inner `key` dict."
@@ -109,54 +125,70 @@ def _unwrap(d, key: str, source: str) -> dict:
         raise EvalInputError(f"{source}: expected a top-level '{key}' object (found keys {sorted(d)[:5]})")
     return d
 
+def _select(db: dict, subset: str | None, source: str) -> dict:
+    "The database entries of one subset (all of them when `subset` is None)."
+    if subset is None: return db
+    out = {k: v for k, v in db.items() if isinstance(v, dict) and v.get('subset') == subset}
+    if out: return out
+    found = sorted({str(v['subset']) for v in db.values() if isinstance(v, dict) and 'subset' in v})
+    if not found: raise EvalInputError(f"{source}: no video has a 'subset' field, so --subset {subset!r} selects nothing")
+    near = [f for f in found if f.lower() == str(subset).lower()]
+    raise EvalInputError(f"{source}: no video has subset {subset!r} (subsets found: {found[:10]})" + (f"; did you mean {near[0]!r}?" if near else ''))
+
 # %% ../nbs/08_localization.ipynb #37ca9d9e
+def _by_class(d: dict) -> dict:
+    "`d` sorted by label: numbers first, then strings."
+    return dict(sorted(d.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
+
 def parse_gt(gt: dict, # `{"database": {...}}` or the database dict itself
              source: str = 'ground truth', # name used in error messages (e.g. the file)
              subset: str | None = None, # keep only videos whose "subset" field equals this
-            ) -> dict[str, dict[str, np.ndarray]]: # label -> video -> segments [K, 2]
-    "Ground-truth segments by class and video, validated."
-    db = _unwrap(gt, 'database', source)
-    if subset is not None:
-        subsets = {v.get('subset') for v in db.values() if isinstance(v, dict)}
-        db = {k: v for k, v in db.items() if isinstance(v, dict) and v.get('subset') == subset}
-        if not db: raise EvalInputError(f"{source}: no video has subset {subset!r} (subsets found: {sorted(map(str, subsets))})")
-    out: dict[str, dict[str, list]] = {}
+            ) -> dict: # label -> video -> segments [K, 2]
+    "Ground-truth segments by class and video, validated; at least one annotation."
+    db = _select(_unwrap(gt, 'database', source), subset, source)
+    if not db: raise EvalInputError(f"{source}: the database holds no video")
+    out: dict = {}
     for vid, entry in db.items():
         if not isinstance(entry, dict) or not isinstance(entry.get('annotations'), list):
             raise EvalInputError(f"{source}: video {vid!r} needs an 'annotations' list")
         for i, a in enumerate(entry['annotations']):
             where = f"{source}: video {vid!r} annotation {i}"
             if not isinstance(a, dict) or 'segment' not in a or 'label' not in a:
-                raise EvalInputError(f"{where}: expected {{'segment': [s, e], 'label': L}}, got {a!r}")
-            out.setdefault(str(a['label']), {}).setdefault(vid, []).append(_segment(a['segment'], where))
-    return {c: {v: np.array(s, dtype=np.float64).reshape(-1, 2) for v, s in vs.items()} for c, vs in sorted(out.items())}
+                raise EvalInputError(f"{where}: expected {{'segment': [s, e], 'label': L}}, got {_short(a)}")
+            out.setdefault(_label(a['label'], where), {}).setdefault(vid, []).append(_segment(a['segment'], where))
+    if not out:
+        raise EvalInputError(f"{source}: none of its {len(db)} videos{'' if subset is None else f' of subset {subset!r}'} has an annotation: nothing to score")
+    return _by_class({c: {v: np.array(s, dtype=np.float64).reshape(-1, 2) for v, s in vs.items()} for c, vs in out.items()})
 
 def parse_pred(pred: dict, # `{"results": {...}}` or the results dict itself
                source: str = 'predictions', # name used in error messages
-              ) -> dict[str, tuple[list, np.ndarray, np.ndarray]]: # label -> (videos [P], segments [P, 2], scores [P])
+              ) -> dict: # label -> (videos [P], segments [P, 2], scores [P]), in file order
     "Predicted segments by class, validated."
     res = _unwrap(pred, 'results', source)
-    out: dict[str, tuple[list, list, list]] = {}
+    out: dict = {}
     for vid, items in res.items():
-        if not isinstance(items, list): raise EvalInputError(f"{source}: results for video {vid!r} must be a list")
+        if not isinstance(items, list): raise EvalInputError(f"{source}: results for video {vid!r} must be a list, got {_short(items)}")
         for i, p in enumerate(items):
             where = f"{source}: video {vid!r} prediction {i}"
             if not isinstance(p, dict) or not {'segment', 'label', 'score'} <= set(p):
-                raise EvalInputError(f"{where}: expected {{'segment': [s, e], 'label': L, 'score': x}}, got {p!r}")
+                raise EvalInputError(f"{where}: expected {{'segment': [s, e], 'label': L, 'score': x}}, got {_short(p)}")
             if not isinstance(p['score'], (int, float)) or isinstance(p['score'], bool) or not math.isfinite(p['score']):
-                raise EvalInputError(f"{where}: 'score' must be a finite number, got {p['score']!r}")
-            v, s, sc = out.setdefault(str(p['label']), ([], [], []))
+                raise EvalInputError(f"{where}: 'score' must be a finite number, got {_short(p['score'])}")
+            v, s, sc = out.setdefault(_label(p['label'], where), ([], [], []))
             v.append(vid); s.append(_segment(p['segment'], where)); sc.append(float(p['score']))
     return {c: (v, np.array(s, dtype=np.float64).reshape(-1, 2), np.array(sc, dtype=np.float64)) for c, (v, s, sc) in out.items()}
 
 # %% ../nbs/08_localization.ipynb #cbb0ba2b
 @dataclass
 class DetectionResult:
-    "Per-class AP at each tIoU threshold, with the mAP summaries."
+    "Per-class AP at each tIoU threshold, with the mAP summaries and what was counted or left out."
     tious: list[float]
     classes: list[str]
     ap: np.ndarray # [n_classes, n_tiou]
-    n_ignored: int = 0 # predictions ignored: unknown video or label
+    n_ignored: int = 0 # predictions in no AP: label not a ground-truth class, or (ignore_unknown) video outside the ground truth
+    n_unknown_videos: int = 0 # predictions of ground-truth classes on videos outside the ground truth (false positives unless ignored)
+    n_unknown_labels: int = 0 # predictions whose label is no ground-truth class
+    notes: list[str] = field(default_factory=list) # warnings: what was counted or left out, and why
     @property
     def mAP(self) -> np.ndarray: return self.ap.mean(0) if len(self.classes) else np.zeros(len(self.tious)) # [n_tiou]
     @property
@@ -172,22 +204,65 @@ class DetectionResult:
         return '\n'.join(lines)
     def __repr__(self) -> str: return self.table()
 
+def _n(k: int, what: str) -> str: return f"{k} {what}{'s' * (k != 1)}"
+
+def _few(xs, n: int = 3) -> str:
+    "The first `n` items of a list, for a message."
+    xs = list(xs)
+    return ', '.join(map(repr, xs[:n])) + (f' ... ({len(xs)} in all)' if len(xs) > n else '')
+
+def _prefix_twins(ids, videos) -> list:
+    "The ids that name a ground-truth video once a 'v_' prefix is added or removed (ActivityNet ids are written both ways)."
+    return [v for v in ids if (v[2:] if v.startswith('v_') else 'v_' + v) in videos]
+
+def _nothing_scored(g: dict, p: dict, videos: set, where: str) -> str:
+    "Why no prediction has both a video and a class of the ground truth."
+    pv = list(dict.fromkeys(v for vids, _, _ in p.values() for v in vids))
+    if not any(v in videos for v in pv):
+        why = f"none of the {len(pv)} predicted videos is in {where}: predicted {_few(pv)}; ground truth {_few(sorted(videos))}"
+        return why + ("; the ids differ by a 'v_' prefix" if _prefix_twins(pv, videos) else '')
+    if not any(c in g for c in p):
+        why = f"no predicted label is a class of {where}: predicted {_few(map(str, p))}; classes {_few(map(str, g))}"
+        if {type(c) is str for c in p} != {type(c) is str for c in g}: why += " (label ids against label names?)"
+        return why
+    return f"no prediction has both a video and a class of {where}"
+
 def evaluate(gt: dict, # ActivityNet ground truth (`{"database": ...}` or the database dict)
              pred: dict, # ActivityNet predictions (`{"results": ...}` or the results dict)
              tious=TIOU_PRESETS['default'], # tIoU thresholds
-             subset: str | None = None, # keep only ground-truth videos of this subset
+             subset: str | None = None, # the ground truth is the videos of this subset (default: every video)
+             ignore_unknown: bool = False, # drop predictions on videos outside the ground truth instead of counting them as false positives
+             warn: bool = True, # also issue the result's notes as Python warnings
             ) -> DetectionResult:
-    "ActivityNet detection mAP: per-class AP at each threshold; classes without predictions score 0."
+    "ActivityNet detection mAP, as the official code computes it: per-class AP at each threshold; classes without predictions score 0."
+    videos = set(_select(_unwrap(gt, 'database', 'ground truth'), subset, 'ground truth'))
     g, p = parse_gt(gt, subset=subset), parse_pred(pred)
-    videos = set(_unwrap(gt, 'database', 'ground truth')) if subset is None else {v for c in g.values() for v in c}
+    where = 'the ground truth' + ('' if subset is None else f' (subset {subset!r})')
+    n_pred = sum(len(v) for v, _, _ in p.values())
+    if n_pred and not any(v in videos for c in p if c in g for v in p[c][0]): raise EvalInputError(_nothing_scored(g, p, videos, where))
     tious = [float(t) for t in np.asarray(tious, dtype=np.float64).reshape(-1)]
-    ap, n_ignored = np.zeros((len(g), len(tious))), 0
-    for c, (vids, segs, scores) in p.items():
-        if c not in g: n_ignored += len(vids); continue
+    ap, unknown = np.zeros((len(g), len(tious))), []
+    for k, c in enumerate(g):
+        if c not in p: continue
+        vids, segs, scores = p[c]
         known = np.array([v in videos for v in vids], dtype=bool)
-        n_ignored += int((~known).sum())
-        ap[list(g).index(c)] = average_precision(g[c], [v for v, k in zip(vids, known) if k], segs[known], scores[known], tious)
-    return DetectionResult(tious, list(g), ap, n_ignored)
+        unknown += [v for v, ok in zip(vids, known) if not ok]
+        if ignore_unknown: vids, segs, scores = [v for v, ok in zip(vids, known) if ok], segs[known], scores[known]
+        ap[k] = average_precision(g[c], vids, segs, scores, tious)
+    n_labels = sum(len(v) for c, (v, _, _) in p.items() if c not in g)
+    notes = []
+    if unknown:
+        twins = _prefix_twins(set(unknown), videos)
+        notes.append(f"{_n(len(unknown), 'prediction')} on {_n(len(set(unknown)), 'video')} outside {where}: "
+                     + ('left out (ignore_unknown)' if ignore_unknown else 'counted as false positives, as the official code does')
+                     + f"; e.g. {_few(dict.fromkeys(unknown))}" + (f"; {len(twins)} of these match a ground-truth id once a 'v_' prefix is added or removed" if twins else ''))
+    if n_labels: notes.append(f"{_n(n_labels, 'prediction')} of labels that are no class of {where} left out: {_few(str(c) for c in p if c not in g)}")
+    if not n_pred: notes.append("no predictions at all: every AP is 0")
+    n_zero = sum(int((s[:, 1] == s[:, 0]).sum()) for vs in g.values() for s in vs.values())
+    if n_zero: notes.append(f"{_n(n_zero, 'ground-truth segment')} of zero length: only a zero-length prediction at the same instant matches one (the official code: any zero-length prediction in the video)")
+    if warn:
+        for n in notes: warnings.warn(n, stacklevel=2)
+    return DetectionResult(tious, [str(c) for c in g], ap, n_labels + len(unknown) * ignore_unknown, len(unknown), n_labels, notes)
 
 # %% ../nbs/08_localization.ipynb #44e0e119
 def _load_json(path, what: str):
@@ -196,6 +271,7 @@ def _load_json(path, what: str):
     if not p.is_file(): raise EvalInputError(f"{p}: {what} file not found")
     try: return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise EvalInputError(f"{p}: not valid JSON ({e}); expected an ActivityNet {what} file") from e
+    except RecursionError: raise EvalInputError(f"{p}: JSON nested too deeply to read; expected an ActivityNet {what} file") from None
 
 def load_gt(path, subset: str | None = None) -> dict:
     "Read and check an ActivityNet ground-truth file; returns the whole JSON object."
@@ -213,49 +289,59 @@ def load_pred(path) -> dict:
 
 def eval_cli(argv: list[str] | None = None) -> int:
     "`pal-eval`: ActivityNet detection mAP of a predictions file against a ground-truth file."
-    ap = argparse.ArgumentParser(prog='pal-eval', description='ActivityNet detection mAP@tIoU of PRED.json against GT.json.')
+    ap = argparse.ArgumentParser(prog='pal-eval', description='ActivityNet detection mAP@tIoU of PRED.json against GT.json, '
+                                 'by the rules of the official ActivityNet eval_detection.py.')
     ap.add_argument('--gt', required=True, help='ground truth: {"database": {vid: {"annotations": [{"segment": [s, e], "label": L}]}}}')
     ap.add_argument('--pred', required=True, help='predictions: {"results": {vid: [{"segment": [s, e], "label": L, "score": x}]}}')
     ap.add_argument('--tiou', type=float, nargs='+', help='tIoU thresholds (overrides --preset)')
     ap.add_argument('--preset', choices=sorted(TIOU_PRESETS), default='default', help='default: 0.3:0.1:0.7; anet: 0.5:0.05:0.95')
-    ap.add_argument('--subset', help='evaluate only ground-truth videos whose "subset" field equals this')
+    ap.add_argument('--subset', help='the ground truth is the videos whose "subset" field equals this (default: every video)')
+    ap.add_argument('--ignore-unknown', action='store_true',
+                    help='drop predictions on videos outside the ground truth (or --subset) instead of counting them as '
+                         'false positives as the official code does; their number is reported either way')
     ap.add_argument('--per-class', action='store_true', help='also print AP per class')
     ap.add_argument('--json', action='store_true', help='print one JSON line {"tiou": [...], "mAP": [...], "average": x}')
     args = ap.parse_args(argv)
     tious = args.tiou if args.tiou else TIOU_PRESETS[args.preset]
     if any(not 0 < t <= 1 for t in tious): ap.error(f"--tiou values must be in (0, 1], got {tious}")
-    try: r = evaluate(load_gt(args.gt, args.subset), load_pred(args.pred), tious, subset=args.subset)
+    try: gt, pred = load_gt(args.gt, args.subset), load_pred(args.pred)
     except EvalInputError as e:
         print(f"pal-eval: error: {e}", file=sys.stderr); return 1
-    if r.n_ignored: print(f"pal-eval: ignored {r.n_ignored} predictions of videos or labels not in {args.gt}", file=sys.stderr)
+    try: r = evaluate(gt, pred, tious, subset=args.subset, ignore_unknown=args.ignore_unknown, warn=False)
+    except EvalInputError as e:
+        print(f"pal-eval: error: {args.pred} against {args.gt}: {e}", file=sys.stderr); return 1
+    for n in r.notes: print(f"pal-eval: warning: {n}", file=sys.stderr)
     print(json.dumps(r.to_dict()) if args.json else r.table(args.per_class))
     return 0
 
 # %% ../nbs/08_localization.ipynb #f7da704e
 def _seg_iou_t(seg: torch.Tensor, segs: torch.Tensor) -> torch.Tensor:
-    "tIoU of one segment [2] with segments [N, 2], in torch: [N]."
+    "tIoU of one segment [2] with segments [N, 2], in torch: [N] (as `segment_iou`)."
     inter = (torch.minimum(seg[1], segs[:, 1]) - torch.maximum(seg[0], segs[:, 0])).clamp(min=0)
     union = (seg[1] - seg[0]) + (segs[:, 1] - segs[:, 0]) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+    iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+    return torch.where((union <= 0) & (segs[:, 0] == seg[0]) & (segs[:, 1] == seg[1]), torch.ones_like(iou), iou)
 
 def soft_nms(segs: torch.Tensor, # candidate segments [N, 2]
              scores: torch.Tensor, # their scores [N]
              labels: torch.Tensor | None = None, # class of each candidate [N]; None: one class
-             sigma: float = 0.5, # Gaussian width: score *= exp(-tIoU**2 / sigma)
-             min_score: float = 1e-3, # stop a class once its best remaining score falls below this
+             sigma: float = 0.5, # Gaussian width (> 0): score *= exp(-tIoU**2 / sigma)
+             min_score: float = 1e-3, # stop a class once its best remaining score falls below this (<= 0: keep all)
              max_segs: int = 100, # keep at most this many segments in total
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # segments [M, 2], decayed scores [M], labels [M]; descending score
-    "Gaussian Soft-NMS of 1-D segments, independently per class."
+    "Gaussian Soft-NMS of 1-D segments, independently per class; every candidate is output at most once."
+    if not sigma > 0: raise ValueError(f"soft_nms: sigma must be > 0 (the Gaussian width), got {sigma}")
     if labels is None: labels = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
     out_s, out_sc, out_l = [], [], []
     for c in torch.unique(labels):
         s, sc = segs[labels == c].float(), scores[labels == c].float().clone()
+        free = torch.ones(len(sc), dtype=torch.bool, device=sc.device)          # not selected yet
         for _ in range(min(len(sc), max_segs)):
-            i = int(torch.argmax(sc))
+            i = int(torch.argmax(torch.where(free, sc, -torch.inf)))
             if sc[i] < min_score: break
             out_s.append(s[i].clone()); out_sc.append(sc[i].clone()); out_l.append(c)
-            sc = sc * torch.exp(-_seg_iou_t(s[i], s) ** 2 / sigma)
-            sc[i] = -1.0                                                      # selected: never again
+            free[i] = False
+            sc = torch.where(free, sc * torch.exp(-_seg_iou_t(s[i], s) ** 2 / sigma), sc)
     if not out_sc: return segs.new_zeros((0, 2)).float(), scores.new_zeros(0).float(), labels.new_zeros(0)
     s, sc, l = torch.stack(out_s), torch.stack(out_sc), torch.stack(out_l)
     order = torch.argsort(sc, descending=True, stable=True)[:max_segs]

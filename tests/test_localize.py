@@ -98,22 +98,82 @@ def test_interpolated_ap_envelope():
     assert interpolated_ap([], []) == 0.0
 
 
-def test_unknown_videos_and_labels_are_ignored_and_counted():
-    r = evaluate(db(a=[(0, 4, 'x')]), res(a=[(0, 4, 'x', .5)], zz=[(0, 4, 'x', .9)], b=[]), [0.5])
-    assert r.ap[0, 0] == 1.0 and r.n_ignored == 1
-    r = evaluate(db(a=[(0, 4, 'x')]), res(a=[(0, 4, 'q', .9), (0, 4, 'x', .1)]), [0.5])
-    assert r.ap[0, 0] == 1.0 and r.n_ignored == 1
+def test_unknown_videos_are_false_positives_by_default():
+    # the two-prediction case: official 0.5 (the unknown video ranks first, a false positive); ignoring it gives 1
+    gt, pred = db(a=[(0, 4, 'x')]), res(a=[(0, 4, 'x', .8)], zz=[(0, 4, 'x', .9)], b=[])
+    r = evaluate(gt, pred, [0.5], warn=False)
+    assert r.ap[0, 0] == 0.5 and (r.n_unknown_videos, r.n_ignored) == (1, 0)
+    assert "counted as false positives" in r.notes[0] and "'zz'" in r.notes[0]
+    r = evaluate(gt, pred, [0.5], ignore_unknown=True, warn=False)
+    assert r.ap[0, 0] == 1.0 and (r.n_unknown_videos, r.n_ignored) == (1, 1) and 'left out' in r.notes[0]
+    with pytest.warns(UserWarning, match='outside the ground truth'):
+        evaluate(gt, pred, [0.5])
+    # ranked below the hit it costs nothing: precision 1 at recall 1 comes first
+    assert evaluate(gt, res(a=[(0, 4, 'x', .9)], zz=[(0, 4, 'x', .8)]), [0.5], warn=False).ap[0, 0] == 1.0
 
 
-def test_subset_filter():
-    gt = db(a=[(0, 4, 'x')], b=[(0, 4, 'x')])
-    gt['database']['a']['subset'] = 'validation'; gt['database']['b']['subset'] = 'training'
-    pred = res(a=[(0, 4, 'x', .9)])
-    assert evaluate(gt, pred, [0.5]).ap[0, 0] == 0.5
-    r = evaluate(gt, pred, [0.5], subset='validation')
-    assert r.ap[0, 0] == 1.0
-    with pytest.raises(EvalInputError, match='testing'):
+def test_unknown_labels_are_left_out_and_counted():
+    r = evaluate(db(a=[(0, 4, 'x')]), res(a=[(0, 4, 'q', .9), (0, 4, 'x', .1)]), [0.5], warn=False)
+    assert r.ap[0, 0] == 1.0 and (r.n_unknown_labels, r.n_ignored, r.n_unknown_videos) == (1, 1, 0)
+    assert "'q'" in r.notes[0]
+
+
+def test_labels_compare_as_values():
+    gt = {'database': {'a': {'annotations': [{'segment': [0, 4], 'label': 3}, {'segment': [5, 9], 'label': 'jump'}]}}}
+    r = evaluate(gt, res(a=[(0, 4, 3.0, .9), (5, 9, 'jump', .8)]), [0.5], warn=False)
+    assert r.classes == ['3', 'jump'] and r.ap[:, 0].tolist() == [1.0, 1.0]
+    r = evaluate(gt, res(a=[(0, 4, '3', .9), (5, 9, 'jump', .8)]), [0.5], warn=False)  # the string '3' is another label
+    assert r.ap[:, 0].tolist() == [0.0, 1.0] and r.n_unknown_labels == 1
+    assert evaluate(db(a=[(0, 4, 2.5)]), res(a=[(0, 4, 2.5, 1)]), [0.5]).average == 1.0
+
+
+def test_subset_is_the_ground_truth_set():
+    gt = db(a=[(0, 4, 'x')], b=[], c=[(0, 4, 'x')])
+    for v, s in zip('abc', ['validation', 'validation', 'training']): gt['database'][v]['subset'] = s
+    pred = res(a=[(0, 4, 'x', .7)], b=[(0, 4, 'x', .9)], c=[(0, 4, 'x', .8)])
+    ap = lambda **kw: evaluate(gt, pred, [0.5], warn=False, **kw).ap[0, 0]
+    # ranked b, c, a. Every video: b FP, c TP, a TP -> 1/2 * 2/3 + 1/2 * 2/3
+    assert ap() == pytest.approx(2 / 3) and ap(ignore_unknown=True) == pytest.approx(2 / 3)
+    # validation: c is outside (FP), b is a subset video without annotations (FP either way): 1/3, or 1/2 without c
+    assert ap(subset='validation') == pytest.approx(1 / 3)
+    assert ap(subset='validation', ignore_unknown=True) == pytest.approx(1 / 2)
+    r = evaluate(gt, pred, [0.5], subset='validation', ignore_unknown=True, warn=False)
+    assert (r.n_unknown_videos, r.n_ignored) == (1, 1) and "(subset 'validation')" in r.notes[0]
+    with pytest.raises(EvalInputError, match=r"subsets found: \['training', 'validation'\]"):
         evaluate(gt, pred, subset='testing')
+    with pytest.raises(EvalInputError, match="did you mean 'validation'"):
+        evaluate(gt, pred, subset='Validation')
+    with pytest.raises(EvalInputError, match="no video has a 'subset' field"):
+        evaluate(db(a=[(0, 4, 'x')]), pred, subset='validation')
+    gt['database']['a']['annotations'] = []
+    with pytest.raises(EvalInputError, match="subset 'validation' has an annotation: nothing to score"):
+        evaluate(gt, pred, subset='validation')
+
+
+def test_ties_follow_the_official_order():
+    # equal scores: the official code ranks by argsort()[::-1]; for two that is the reverse of file order,
+    # so the false positive (second in the file) comes first: AP 1/2 (file order would give 1)
+    gt = db(a=[(0, 4, 'x')])
+    assert np.argsort([0.5, 0.5])[::-1].tolist() == [1, 0]
+    assert evaluate(gt, res(a=[(0, 4, 'x', .5), (10, 14, 'x', .5)]), [0.5], warn=False).average == 0.5
+    assert evaluate(gt, res(a=[(10, 14, 'x', .5), (0, 4, 'x', .5)]), [0.5], warn=False).average == 1.0
+    # a prediction equally close to two ground truths takes the one argsort()[::-1] puts first (the later one)
+    gt2 = {'v': np.array([[0., 4.], [4., 8.]])}
+    _, tp = match_detections(gt2, ['v', 'v'], [[2, 6], [0, 4]], [.9, .8], [0.3])
+    assert tp[0].tolist() == [True, True]  # [2, 6] took gt [4, 8], leaving [0, 4] free for the second
+    scores = np.random.default_rng(1).integers(0, 3, 50).astype(float)
+    order, _ = match_detections({}, ['v'] * 50, np.zeros((50, 2)), scores, [0.5])
+    assert order.tolist() == np.argsort(scores)[::-1].tolist()
+
+
+def test_zero_length_segments():
+    assert segment_iou([5, 5], [[5, 5], [7, 7], [0, 10], [5, 6]])[0].tolist() == [1, 0, 0, 0]
+    gt = db(a=[(0, 4, 'x'), (5, 5, 'x')])
+    # hit, false ([7, 7]), hit ([5, 5] exactly): 1/2 + 1/2 * 2/3 (the official code's 0/0 = NaN would match [7, 7]: 1.0)
+    r = evaluate(gt, res(a=[(0, 4, 'x', .9), (7, 7, 'x', .8), (5, 5, 'x', .7)]), [0.5], warn=False)
+    assert r.ap[0, 0] == pytest.approx(5 / 6) and 'of zero length' in r.notes[0]
+    # a zero-length prediction inside a real action is a false positive, as in the official code
+    assert evaluate(db(a=[(0, 4, 'x')]), res(a=[(2, 2, 'x', .9), (0, 4, 'x', .8)]), [0.1], warn=False).average == 0.5
 
 
 def _reference_ap(gt, preds, thr):
@@ -125,7 +185,7 @@ def _reference_ap(gt, preds, thr):
         hit = False
         if v in gt:
             ious = [max(0, min(e, ge) - max(s, gs)) / ((e - s) + (ge - gs) - max(0, min(e, ge) - max(s, gs))) for gs, ge in gt[v]]
-            for k in sorted(range(len(ious)), key=lambda k: -ious[k]):
+            for k in np.argsort(ious)[::-1]:  # equal tIoUs in the official code's order
                 if ious[k] < thr: break
                 if lock[v][k]: continue
                 lock[v][k] = hit = True; break
@@ -160,6 +220,72 @@ def test_ap_matches_reference_and_properties(gt_a, gt_b, preds, thr, data):
     # the ground truth itself, in any score order, is perfect
     G = [(v, s, e) for v, g in gt.items() for s, e in g]
     assert average_precision(gt, [g[0] for g in G], [g[1:] for g in G], np.arange(len(G))[::-1], [thr])[0] == pytest.approx(1.0)
+
+
+def _voc_ap(prec, rec):
+    "VOC 2011 interpolated AP, written as the official code writes it (a right-to-left loop)."
+    mprec, mrec = np.hstack([[0], prec, [0]]), np.hstack([[0], rec, [1]])
+    for i in range(len(mprec) - 2, -1, -1): mprec[i] = max(mprec[i], mprec[i + 1])
+    idx = np.where(mrec[1:] != mrec[:-1])[0] + 1
+    return np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx])
+
+
+def _official_map(gt, pred, tious, subset=None):
+    "The official eval_detection.py restated on plain lists (no pandas): mAP per threshold."
+    index, G = {}, []  # label -> class index in first-seen order; ground-truth rows (video, start, end, class)
+    for vid, v in gt['database'].items():
+        if subset is not None and v['subset'] != subset: continue
+        for a in v['annotations']:
+            index.setdefault(a['label'], len(index)); G.append((vid, *a['segment'], index[a['label']]))
+    P = [(vid, *p['segment'], index[p['label']], p['score']) for vid, ps in pred['results'].items() for p in ps]  # KeyError as there
+    ap = np.zeros((len(tious), len(index)))
+    for c in index.values():
+        g, p = [r for r in G if r[3] == c], [r for r in P if r[3] == c]
+        if not p: continue
+        lock, tp = -np.ones((len(tious), len(g))), np.zeros((len(tious), len(p)))
+        fp = np.zeros_like(tp)
+        for idx, j in enumerate(np.array([r[4] for r in p]).argsort()[::-1]):
+            vid, s, e = p[j][:3]
+            rows = [k for k, r in enumerate(g) if r[0] == vid]
+            if not rows: fp[:, idx] = 1; continue
+            gs = np.array([g[k][1:3] for k in rows], dtype=float)
+            inter = (np.minimum(e, gs[:, 1]) - np.maximum(s, gs[:, 0])).clip(0)
+            iou = inter / ((gs[:, 1] - gs[:, 0]) + (e - s) - inter)
+            for t, thr in enumerate(tious):
+                for jj in iou.argsort()[::-1]:
+                    if iou[jj] < thr: fp[t, idx] = 1; break
+                    if lock[t, rows[jj]] >= 0: continue
+                    tp[t, idx] = 1; lock[t, rows[jj]] = idx; break
+                if tp[t, idx] == 0 and fp[t, idx] == 0: fp[t, idx] = 1
+        ctp, cfp = tp.cumsum(1), fp.cumsum(1)
+        for t in range(len(tious)): ap[t, c] = _voc_ap(ctp[t] / (ctp[t] + cfp[t]), ctp[t] / len(g))
+    return ap.mean(1)
+
+
+_vid = st.sampled_from(['v0', 'v1', 'v2', 'v3'])
+
+
+@settings(max_examples=150, deadline=None)
+@given(subsets=st.lists(st.sampled_from(['validation', 'training']), min_size=4, max_size=4),
+       anns=st.lists(st.tuples(_vid, seg, st.sampled_from(['x', 'y'])), min_size=1, max_size=8),
+       preds=st.lists(st.tuples(st.sampled_from(['v0', 'v1', 'v2', 'v3', 'u0', 'u1']), seg, st.sampled_from(['x', 'y']),
+                                st.sampled_from([0.2, 0.4, 0.6, 0.8])), max_size=14),  # few score values: many ties
+       subset=st.sampled_from([None, 'validation']))
+def test_evaluate_equals_the_official_code(subsets, anns, preds, subset):
+    "Random cases with unknown videos, subsets, empty videos and tied scores and tIoUs: pal == the official loop."
+    gt = {'database': {v: {'subset': s, 'annotations': []} for v, s in zip(['v0', 'v1', 'v2', 'v3'], subsets)}}
+    for v, (s, e), l in anns: gt['database'][v]['annotations'].append({'segment': [s, e], 'label': l})
+    chosen = {l for v, x in gt['database'].items() if subset in (None, x['subset']) for l in (a['label'] for a in x['annotations'])}
+    pred = res(**{v: [] for v, *_ in preds})
+    for v, (s, e), l, x in preds:
+        if l in chosen: pred['results'][v].append({'segment': [s, e], 'label': l, 'score': x})  # the official code has no other labels
+    tious = [0.1, 0.3, 0.5, 0.7]
+    want = _official_map(gt, pred, tious, subset) if chosen else None
+    try: got = evaluate(gt, pred, tious, subset=subset, warn=False).mAP
+    except EvalInputError as e:  # nothing to score: no annotation, or no prediction on a ground-truth video
+        assert want is None or not want.any(), (str(e), want)
+        return
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
 def test_bad_inputs_name_the_problem():
@@ -223,6 +349,68 @@ def test_eval_cli_exit_status_in_a_process(files):
     assert bad.returncode == 1 and 'bad.json' in bad.stderr
 
 
+def _cli(tmp_path, capsys, gt, pred, *extra):
+    "Run pal-eval on two JSON values (or raw text); returns (exit status, stdout, stderr)."
+    for name, d in (('gt.json', gt), ('pred.json', pred)):
+        (tmp_path / name).write_text(d if isinstance(d, str) else json.dumps(d))
+    rc = eval_cli(['--gt', str(tmp_path / 'gt.json'), '--pred', str(tmp_path / 'pred.json'), '--tiou', '0.5', '--json', *extra])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_eval_cli_unknown_videos_counted_either_way(tmp_path, capsys):
+    gt, pred = db(a=[(0, 4, 'x')]), res(a=[(0, 4, 'x', .8)], zz=[(0, 4, 'x', .9)])
+    rc, out, err = _cli(tmp_path, capsys, gt, pred)
+    assert rc == 0 and json.loads(out)['average'] == 0.5
+    assert "warning: 1 prediction on 1 video outside the ground truth: counted as false positives" in err
+    rc, out, err = _cli(tmp_path, capsys, gt, pred, '--ignore-unknown')
+    assert rc == 0 and json.loads(out)['average'] == 1.0 and '1 prediction on 1 video outside the ground truth: left out' in err
+    rc, out, err = _cli(tmp_path, capsys, gt, res(a=[(0, 4, 'x', .8)]))
+    assert rc == 0 and err == ''
+
+
+def test_eval_cli_refuses_what_cannot_be_scored(tmp_path, capsys):
+    gt = db(a=[(0, 4, 'x')], b=[(1, 2, 'x')])
+    # a ground truth without any annotation
+    rc, out, err = _cli(tmp_path, capsys, db(a=[], b=[]), res(a=[(0, 4, 'x', .8)]))
+    assert rc == 1 and out == '' and 'gt.json' in err and 'none of its 2 videos has an annotation: nothing to score' in err
+    # every prediction on a video the ground truth does not have: the ids, and the likely cause
+    rc, out, err = _cli(tmp_path, capsys, gt, res(v_a=[(0, 4, 'x', .8)], v_b=[(1, 2, 'x', .7)]))
+    assert rc == 1 and out == '' and 'pred.json' in err and "'v_a', 'v_b'" in err and "'v_' prefix" in err
+    # every label unknown: label ids against names
+    rc, out, err = _cli(tmp_path, capsys, gt, res(a=[(0, 4, 0, .8)]))
+    assert rc == 1 and 'no predicted label is a class' in err and 'label ids against label names' in err
+    # a subset that does not exist, with the near miss named
+    gt_s = {'database': {'a': {'subset': 'Validation', 'annotations': [{'segment': [0, 4], 'label': 'x'}]}}}
+    rc, out, err = _cli(tmp_path, capsys, gt_s, res(a=[(0, 4, 'x', .8)]), '--subset', 'validation')
+    assert rc == 1 and "did you mean 'Validation'" in err
+    # no predictions at all is a score (0), with a warning
+    rc, out, err = _cli(tmp_path, capsys, gt, res())
+    assert rc == 0 and json.loads(out)['average'] == 0.0 and 'warning: no predictions at all' in err
+
+
+def test_eval_cli_labels(tmp_path, capsys):
+    gt = {'database': {'a': {'annotations': [{'segment': [0, 4], 'label': 3}]}}}
+    rc, out, err = _cli(tmp_path, capsys, gt, {'results': {'a': [{'segment': [0, 4], 'label': 3.0, 'score': 1}]}})
+    assert rc == 0 and json.loads(out)['average'] == 1.0  # 3.0 is label 3, as in the official code
+    for bad in (None, [3], {'id': 3}, True):
+        rc, out, err = _cli(tmp_path, capsys, gt, {'results': {'a': [{'segment': [0, 4], 'label': bad, 'score': 1}]}})
+        assert rc == 1 and "pred.json: video 'a' prediction 0: 'label' must be a string or a number" in err, bad
+        rc, out, err = _cli(tmp_path, capsys, {'database': {'a': {'annotations': [{'segment': [0, 4], 'label': bad}]}}}, res())
+        assert rc == 1 and "gt.json: video 'a' annotation 0: 'label' must be a string or a number" in err, bad
+
+
+def test_eval_cli_deeply_nested_json(tmp_path, capsys):
+    deep = '[' * 100_000 + ']' * 100_000
+    rc, out, err = _cli(tmp_path, capsys, db(a=[(0, 4, 'x')]), deep)
+    assert rc == 1 and 'pred.json: JSON nested too deeply' in err and 'Traceback' not in err
+    rc, out, err = _cli(tmp_path, capsys, '{"database": ' * 100_000 + '{}' + '}' * 100_000, res())
+    assert rc == 1 and 'gt.json: JSON nested too deeply' in err
+    # nested just deep enough to load: the error message stays short
+    rc, out, err = _cli(tmp_path, capsys, db(a=[(0, 4, 'x')]), {'results': {'a': [{'segment': [0, 4], 'label': json.loads('[' * 500 + ']' * 500), 'score': 1}]}})
+    assert rc == 1 and "'label' must be" in err and len(err) < 500
+
+
 # ---------------------------------------------------------------- Soft-NMS
 
 def test_soft_nms_exact_gaussian_decay():
@@ -250,6 +438,21 @@ def test_soft_nms_per_class_min_score_and_cap():
     assert len(soft_nms(segs, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 2]), max_segs=2)[1]) == 2
     e = soft_nms(torch.zeros(0, 2), torch.zeros(0))
     assert e[0].shape == (0, 2) and e[1].shape == (0,)
+
+
+def test_soft_nms_min_score_zero_outputs_each_candidate_once():
+    # 30 near-duplicates, sigma 0.1: most decay to exactly 0.0 (float underflow); each must come out once, not re-emitted
+    segs = torch.stack([torch.linspace(0, 0.29, 30), torch.linspace(0, 0.29, 30) + 10], 1)
+    s, sc, lb = soft_nms(segs, torch.linspace(1, 0.5, 30), sigma=0.1, min_score=0)
+    assert len(s) == 30 and len(torch.unique(s, dim=0)) == 30 and (sc == 0).sum() > 10
+    assert sorted(s[:, 0].tolist()) == sorted(segs[:, 0].tolist()) and bool((sc[:-1] >= sc[1:]).all())
+    assert sc[0] == 1 and len(soft_nms(segs, torch.linspace(1, 0.5, 30), sigma=0.1, min_score=-1)[0]) == 30
+    # the same with two classes and a cap: still every output distinct
+    s, sc, lb = soft_nms(segs, torch.linspace(1, 0.5, 30), torch.arange(30) % 2, sigma=0.1, min_score=0, max_segs=20)
+    assert len(s) == 20 and len({(tuple(x), int(l)) for x, l in zip(s.tolist(), lb.tolist())}) == 20
+    for bad in (0, -0.5, float('nan')):
+        with pytest.raises(ValueError, match='sigma must be > 0'):
+            soft_nms(segs, torch.ones(30), sigma=bad)
 
 
 # ---------------------------------------------------------------- head
