@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_encoder.ipynb #392c0e01
 from __future__ import annotations
-import math, re
+import copy, math, re
 from pathlib import Path
 import torch
 from torch import nn, Tensor
@@ -14,7 +14,7 @@ from torchvision.ops import roi_align
 
 # %% auto #0
 __all__ = ['BACKBONES', 'conv_block', 'TinyNet', 'build_backbone', 'temporal_stride', 'fit_temporal_stride', 'Encoder',
-           'load_backbone_weights', 'span_boxes', 'region_align', 'region_pool']
+           'load_backbone_weights', 'receptive_field', 'feature_offset', 'span_boxes', 'region_align', 'region_pool']
 
 # %% ../nbs/04_encoder.ipynb #03a45529
 def conv_block(c_in: int, c_out: int, stride=(1, 1, 1), kernel=(3, 3, 3)) -> nn.Sequential:
@@ -107,6 +107,49 @@ def load_backbone_weights(encoder: Encoder, path: str | Path) -> Encoder:
     except RuntimeError as e: raise ValueError(f"{path}: weights do not fit a {encoder.backbone!r} encoder: {e}") from e
     return encoder
 
+# %% ../nbs/04_encoder.ipynb #ca9809ac
+_RF_CACHE: dict[tuple, tuple[int, int]] = {}  # receptive fields measured so far, by `_rf_key`
+_GEOMETRY = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d)
+
+def _rf_key(encoder: Encoder, size: int) -> tuple:
+    "What a receptive field depends on: mode, clip length, probe size and the kernels, strides, padding, dilation of every conv and pooling layer."
+    geometry = tuple((type(m).__name__, *(str(getattr(m, a, None)) for a in ('kernel_size', 'stride', 'padding', 'dilation')))
+                     for m in encoder.modules() if isinstance(m, _GEOMETRY))
+    return encoder.mode, encoder.clip_len, size, geometry
+
+def _measure_receptive_field(encoder: Encoder, size: int) -> tuple[int, int]:
+    "Sampled frames before / after clip k that reach its feature: the non-zero input gradient of a positive-weight copy."
+    probe = copy.deepcopy(encoder).cpu().float().eval()
+    with torch.no_grad():
+        for m in probe.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                m.weight.fill_(1 / m.weight[0].numel())
+                if m.bias is not None: m.bias.zero_()
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)): m.reset_parameters()
+    L, k = encoder.clip_len, 4
+    while True:  # clip k of 2k + 1 must see neither end of the probe video; else try a longer one
+        x = torch.ones(1, 3, (2 * k + 1) * L, size, size, requires_grad=True)
+        with torch.enable_grad(): probe(x)[0, :, k].sum().backward()
+        hit = (x.grad.abs().sum((0, 1, 3, 4)) > 0).nonzero().flatten()  # frames that reach clip k
+        first, last = int(hit[0]), int(hit[-1])
+        if first > 0 and last < x.shape[2] - 1: return k * L - first, last - (k * L + L - 1)
+        k *= 2
+
+def receptive_field(encoder: Encoder,
+                    size: int = 4,  # pixels of the probe video (any size gives the same reach in time)
+                   ) -> tuple[int, int]:
+    "Sampled frames before a clip's first frame and after its last frame that can change its feature ((0, 0) in clip mode); measured once per architecture."
+    if encoder.mode == 'clip': return 0, 0
+    key = _rf_key(encoder, size)
+    if key not in _RF_CACHE: _RF_CACHE[key] = _measure_receptive_field(encoder, size)
+    return _RF_CACHE[key]
+
+# %% ../nbs/04_encoder.ipynb #9a7a70ca
+def feature_offset(encoder: Encoder) -> float:
+    "Where a clip's feature looks minus the clip's centre, in clips (negative: earlier), from the measured `receptive_field`."
+    before, after = receptive_field(encoder)
+    return (after - before) / (2 * encoder.clip_len)  # feature j is centred at j + 0.5 + this, clip j covering [j, j + 1)
+
 # %% ../nbs/04_encoder.ipynb #aa36c1a9
 def span_boxes(spans: Tensor,  # [M, 2] (start, end) in clip units
                index: Tensor | None = None,  # [M] batch row of each span; default 0..M-1
@@ -122,18 +165,20 @@ def region_align(features: Tensor,  # [B, C, N] clip features
                  spans: Tensor,  # [M, 2] (start, end) in clip units; clip j covers [j, j + 1)
                  bins: int = 4,  # RoIAlign output bins per span
                  index: Tensor | None = None,  # [M] batch row of each span; default: span i is in row i (M == B)
+                 offset: float = 0.0,  # clips: feature j is centred at j + 0.5 + offset; pass `feature_offset(encoder)`
                 ) -> Tensor:
-    "The `bins` RoIAlign bins of each span (the `dense` region feature): `[M, C, bins]`."
+    "The `bins` RoIAlign bins of each span (the `dense` region feature): `[M, C, bins]`, read from the features centred on the span."
     if index is None and len(spans) != len(features):
         raise ValueError(f"got {len(spans)} spans for {len(features)} feature maps; pass index= to say which row each span is in")
-    out = roi_align(features.float().unsqueeze(2), span_boxes(spans.to(features.device), index), output_size=(1, bins),
-                    spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # [M, C, 1, bins]
+    boxes = span_boxes(spans.to(features.device) - offset, index)  # the span in feature coordinates (where j + 0.5 is feature j)
+    out = roi_align(features.float().unsqueeze(2), boxes, output_size=(1, bins), spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # [M, C, 1, bins]
     return out[:, :, 0].to(features.dtype)
 
 def region_pool(features: Tensor,  # [B, C, N] clip features
                 spans: Tensor,  # [M, 2] (start, end) in clip units; clip j covers [j, j + 1)
                 bins: int = 4,  # RoIAlign bins averaged into the region feature
                 index: Tensor | None = None,  # [M] batch row of each span; default: span i is in row i
+                offset: float = 0.0,  # clips: feature j is centred at j + 0.5 + offset; pass `feature_offset(encoder)`
                ) -> Tensor:
     "One feature per span, the mean of its RoIAlign bins: `[M, C]`."
-    return region_align(features, spans, bins, index).mean(-1)
+    return region_align(features, spans, bins, index, offset).mean(-1)

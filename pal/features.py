@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_features.ipynb #c0462b5f
 from __future__ import annotations
-import argparse, copy, json, math, os, shlex, sys
+import argparse, json, math, os, shlex, sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 
 from .video import VideoReader, VideoError, list_videos, VIDEO_EXTS
 from .paste import AugmentConfig, AugmentParams, apply_augment
-from .encoder import Encoder
+from .encoder import Encoder, receptive_field, feature_offset
 from .train import TrainConfig, build_objective, TrainingError, load_checkpoint, save_checkpoint, resolve_device, _auto_workers
 
 # %% auto #0
 __all__ = ['random_encoder', 'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess', 'ClipGrid',
-           'encode_clips', 'receptive_field', 'context_margin', 'window_plan', 'extract_features', 'feature_names',
-           'ExtractError', 'auto_jobs', 'extract', 'extract_parser', 'extract_cli', 'row_labels', 'self_similarity',
-           'pca_2d', 'boundary_profile', 'boundary_curve']
+           'encode_clips', 'context_margin', 'window_plan', 'extract_features', 'feature_names', 'ExtractError',
+           'auto_jobs', 'extract', 'extract_parser', 'extract_cli', 'row_labels', 'self_similarity', 'pca_2d',
+           'boundary_profile', 'boundary_curve']
 
 # %% ../nbs/07_features.ipynb #af7b1b2a
 def random_encoder(cfg: TrainConfig) -> Encoder:
@@ -123,25 +123,6 @@ def encode_clips(encoder: Encoder, reader, grid: ClipGrid, first: int, n: int, a
     return encoder(x[None])[0].T.float().cpu()  # [n, C]
 
 # %% ../nbs/07_features.ipynb #62d6f5af
-def receptive_field(encoder: Encoder, size: int = 16) -> tuple[int, int]:
-    "Sampled frames before a clip's first frame and after its last frame that can change its feature ((0, 0) in clip mode)."
-    if encoder.mode == 'clip': return 0, 0
-    probe = copy.deepcopy(encoder).cpu().float().eval()
-    with torch.no_grad():
-        for m in probe.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                m.weight.fill_(1 / m.weight[0].numel())
-                if m.bias is not None: m.bias.zero_()
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)): m.reset_parameters()
-    L, k = encoder.clip_len, 4
-    while True:  # clip k of 2k + 1 must see neither end of the probe video; else try a longer one
-        x = torch.ones(1, 3, (2 * k + 1) * L, size, size, requires_grad=True)
-        with torch.enable_grad(): probe(x)[0, :, k].sum().backward()
-        hit = (x.grad.abs().sum((0, 1, 3, 4)) > 0).nonzero().flatten()  # frames that reach clip k
-        first, last = int(hit[0]), int(hit[-1])
-        if first > 0 and last < x.shape[2] - 1: return k * L - first, last - (k * L + L - 1)
-        k *= 2
-
 def context_margin(encoder: Encoder, rf: tuple[int, int] | None = None) -> int:
     "Clips of context a window needs on each side so that its kept clips are exact (`rf`: a measured `receptive_field`)."
     return math.ceil(max(rf or receptive_field(encoder)) / encoder.clip_len)

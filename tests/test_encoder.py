@@ -2,7 +2,7 @@
 import re
 import pytest, torch
 from hypothesis import given, settings, strategies as st
-from pal.encoder import Encoder, region_pool, region_align, fit_temporal_stride, build_backbone
+from pal.encoder import Encoder, region_pool, region_align, fit_temporal_stride, build_backbone, receptive_field, feature_offset
 
 
 def video(seed, T, size, B=1):
@@ -132,3 +132,90 @@ def test_local_weights_load_and_errors(tmp_path):
     torch.save(Encoder('tiny', width=8).state_dict(), tmp_path / 'wide.pth')
     with pytest.raises(ValueError, match='wide.pth'): Encoder('tiny', width=4, weights=tmp_path / 'wide.pth')
     with pytest.raises(FileNotFoundError, match='nope.pth'): Encoder('tiny', weights=tmp_path / 'nope.pth')
+
+
+@pytest.mark.parametrize('backbone,clip_len,offset', [('tiny', 8, -3 / 16), ('tiny', 4, -3 / 8), ('r3d_18', 8, -7 / 16),
+                                                      ('r2plus1d_18', 8, -7 / 16), ('r3d_18', 4, -3 / 8)])
+def test_feature_offset_is_half_the_stride_early(backbone, clip_len, offset):
+    "Stride-2 / kernel-3 / padding-1 convs centre each output on its first input: (total stride - 1) / 2 sampled frames early."
+    enc = Encoder(backbone, clip_len=clip_len)
+    before, after = receptive_field(enc)
+    assert feature_offset(enc) == offset == (after - before) / (2 * clip_len) == -(enc.temporal_stride - 1) / (2 * clip_len)
+    enc.mode = 'clip'  # each clip alone: its reach is the clip itself
+    assert receptive_field(enc) == (0, 0) and feature_offset(enc) == 0
+
+
+def test_receptive_field_is_measured_once_per_architecture():
+    from pal.encoder import _RF_CACHE
+    assert receptive_field(Encoder('tiny', width=8)) == (8, 5)
+    n = len(_RF_CACHE)
+    assert receptive_field(Encoder('tiny', width=4)) == (8, 5) and len(_RF_CACHE) == n  # the width does not change the reach
+    enc = Encoder('tiny', clip_len=2)  # stride 2 only (layer2 un-strided): another architecture, a new measurement
+    assert receptive_field(enc) == (6, 5) and len(_RF_CACHE) == n + 1
+    assert feature_offset(enc) == -(2 - 1) / (2 * 2)
+    assert receptive_field(enc, size=16) == (6, 5)  # the probe's frame size does not matter
+
+
+def bright_frame_rows(enc, n, ts, size):
+    "Response magnitude of each of the n clip features `[len(ts), n]` to a black video with one bright frame at t, for each t."
+    x = torch.zeros(len(ts) + 1, 3, n * enc.clip_len, size, size)  # the last video stays black
+    for i, t in enumerate(ts): x[i, :, t] = 3.0
+    with torch.no_grad(): f = enc(x).abs().amax(1)  # [len(ts) + 1, n]
+    assert f[-1].max() == 0  # black in, exactly zero out (no biases, batch norm at its initial statistics): rows outside reach stay 0
+    return f[:-1]
+
+
+@pytest.mark.parametrize('backbone,clip_len,n,t0,size', [('tiny', 8, 10, 40, 16), ('tiny', 4, 14, 28, 16),
+                                                         ('r3d_18', 8, 18, 64, 8), ('r2plus1d_18', 8, 18, 64, 8)])
+def test_single_bright_frame_lands_at_the_measured_centre(backbone, clip_len, n, t0, size):
+    "A bright frame at t: the rows that respond sit symmetrically about t at their measured centres (not at their clip centres)."
+    torch.manual_seed(0)
+    enc = Encoder(backbone, clip_len=clip_len).eval()
+    L, d = clip_len, feature_offset(enc)
+    before, after = receptive_field(enc)
+    half = (before + after + L - 1) / 2  # half the receptive field of a clip, in sampled frames
+    ts = torch.arange(t0, t0 + L)  # every position within one clip, away from the ends
+    resp = bright_frame_rows(enc, n, ts.tolist(), size)  # [L, n]
+    nominal = torch.arange(n) * L + (L - 1) / 2  # clip centres, in sampled frames (frame k at k)
+    measured = nominal + d * L
+    mids, centroids = [], []
+    for t, r in zip(ts, resp):
+        rows = (r > 0).nonzero().flatten()
+        assert 0 < rows[0] and rows[-1] < n - 1 and len(rows) == rows[-1] - rows[0] + 1  # one run of rows, inside the video
+        assert torch.equal(r > 0, (measured - t).abs() <= half)  # exactly the rows whose measured centre is within reach of t
+        assert r[(measured - t).abs().argmin()] > 0  # the row centred nearest to t responds
+        mids.append((measured[rows[0]] + measured[rows[-1]]) / 2 - t)
+        centroids.append((r * measured).sum() / r.sum() - t)  # response-weighted
+    mids, centroids = torch.stack(mids) / L, torch.stack(centroids) / L  # in clips
+    assert mids.abs().max() <= 0.5  # each run is centred on t within half a clip (rows are a clip apart)
+    assert abs(mids.mean()) < 0.02  # and exactly on t on average over the clip's positions...
+    assert abs(mids.mean() - d) > 0.15  # ...where the clip centres would be late by the offset
+    assert abs(centroids.mean()) < 0.1  # the response-weighted centre of the rows lands on t too (random weights)
+
+
+def test_region_pool_offset_reads_the_features_centred_on_the_span():
+    f = torch.randn(2, 3, 8)
+    spans = torch.tensor([[1.3, 4.6], [2., 7.]])
+    assert torch.allclose(region_align(f, spans, offset=-0.375), region_align(f, spans + 0.375), atol=1e-6)
+    assert torch.allclose(region_pool(f, spans, offset=0.0), region_pool(f, spans))
+    lin = torch.arange(8.).expand(2, 1, 8)  # feature j centred at j + 0.5 + offset: the span centre is feature (a + b) / 2 - 0.5 - offset
+    assert torch.allclose(region_pool(lin, spans, offset=-0.4375)[:, 0], spans.mean(1) - 0.5 + 0.4375, atol=1e-5)
+    rows = region_pool(f, torch.tensor([[0.5, 2.], [3., 6.], [1., 4.]]), index=torch.tensor([1, 0, 1]), offset=-0.25)
+    assert torch.allclose(rows, region_pool(f, torch.tensor([[0.75, 2.25], [3.25, 6.25], [1.25, 4.25]]), index=torch.tensor([1, 0, 1])))
+
+
+def test_region_pool_at_the_measured_centre_balances_the_background():
+    "Read at clip centres, a region feature takes about twice as much input from before its span as from after it; at the measured centre, alike."
+    torch.manual_seed(0)
+    enc = Encoder('tiny', clip_len=4).eval()
+    a, b, n = 6.25, 8.0, 16
+
+    def shares(offset):
+        x = video(7, n * 4, 32).requires_grad_()
+        region_pool(enc(x), torch.tensor([[a, b]]), offset=offset).sum().backward()
+        g = x.grad.abs().sum((0, 1, 3, 4)); u = torch.arange(len(g)) / 4  # frame k covers clip units [u, u + 1/4)
+        return (g[u < a].sum() / g.sum()).item(), (g[u >= b].sum() / g.sum()).item()
+    before, after = shares(0.0)
+    assert before > 1.8 * after
+    before, after = shares(feature_offset(enc))
+    assert abs(before - after) < 0.05
