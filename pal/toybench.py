@@ -4,16 +4,16 @@
 
 # %% ../nbs/01a_toybench.ipynb #cb48efae
 from __future__ import annotations
-import colorsys, hashlib, json, os, shutil
+import argparse, colorsys, hashlib, json, os, shutil, sys
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np
 from .samples import write_video
 
 # %% auto #0
-__all__ = ['CLASSES', 'SPLITS', 'GENERATOR_VERSION', 'PRESETS', 'ToyConfig', 'toy_config', 'ToyObject', 'ToyScene',
-           'sample_scene', 'object_track', 'camera_path', 'render', 'scene_annotations', 'ToyBench', 'default_cache',
-           'generate']
+__all__ = ['CLASSES', 'SPLITS', 'GENERATOR_VERSION', 'PRESETS', 'ANNOTATIONS', 'SUBSETS', 'ToyConfig', 'toy_config', 'ToyObject',
+           'ToyScene', 'sample_scene', 'object_track', 'camera_path', 'render', 'scene_annotations', 'ToyBenchError',
+           'ToyBench', 'default_cache', 'annotations_json', 'generate', 'toybench_parser', 'toybench_cli']
 
 # %% ../nbs/01a_toybench.ipynb #4a9a4604
 CLASSES = ('bounce', 'spin', 'pulse', 'zigzag', 'blink')
@@ -205,6 +205,13 @@ def scene_annotations(scene: ToyScene) -> list[dict]:
             for o in sorted(scene.actions, key=lambda o: o.start)]
 
 # %% ../nbs/01a_toybench.ipynb #86ba800f
+ANNOTATIONS = 'annotations.json' # one ActivityNet-style file for all labelled splits, in the benchmark folder
+SUBSETS = {'train': 'training', 'test': 'testing'} # split -> its "subset" value in annotations.json (ActivityNet's names)
+_OWN = ('COMPLETE', 'config.json', ANNOTATIONS) + SPLITS # what a benchmark folder holds: all that generate() ever removes
+
+class ToyBenchError(ValueError):
+    "A folder generate() will not write into (not empty and not a benchmark, or a benchmark of another config)."
+
 @dataclass
 class ToyBench:
     "A generated benchmark on disk."
@@ -218,41 +225,118 @@ class ToyBench:
         p = self.gt_path(split)
         if not p.is_file(): raise FileNotFoundError(f"{p}: no ground truth (split {split!r} is unlabelled or not generated)")
         return json.loads(p.read_text())
+    @property
+    def annotations_path(self) -> Path: return self.root / ANNOTATIONS
+    def annotations(self) -> dict:
+        "The ActivityNet-style annotations of all labelled splits (`annotations.json`)."
+        return json.loads(self.annotations_path.read_text())
 
 def default_cache() -> Path:
     "Where benchmarks go by default: $XDG_CACHE_HOME/pal/toybench or ~/.cache/pal/toybench."
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'pal' / 'toybench'
 
+def _with_ids(anns: list[dict], classes) -> list[dict]:
+    "Annotations with `label_id`, the label's index in `classes`."
+    return [{**a, 'label_id': list(classes).index(a['label'])} for a in anns]
+
+def annotations_json(tb: ToyBench) -> dict:
+    "One ActivityNet-style annotations dict for all labelled splits: video id -> subset, duration, fps, annotations with label_id."
+    classes, db = list(tb.cfg.classes), {}
+    for split, subset in SUBSETS.items():
+        for vid, v in tb.gt(split)['database'].items():
+            if vid in db: raise ValueError(f"{tb.gt_path(split)}: video id {vid!r} also in another split")
+            db[vid] = {**v, 'subset': subset, 'annotations': _with_ids(v['annotations'], classes)}
+    return {'version': f'pal-toybench-{GENERATOR_VERSION}', 'classes': classes,
+            'taxonomy': [{'nodeId': i, 'nodeName': c, 'parentId': None, 'parentName': None} for i, c in enumerate(classes)],
+            'database': db}
+
+def _is_bench(root: Path) -> bool:
+    "Does `root` hold a toy benchmark's config.json (of any config)?"
+    try: conf = json.loads((root / 'config.json').read_text())
+    except (OSError, ValueError): return False
+    return isinstance(conf, dict) and {'n_unlabeled', 'n_train', 'n_test', 'version'} <= set(conf)
+
+def _clear(root: Path):
+    "Remove the benchmark's own files and folders from `root`, nothing else."
+    for name in _OWN:
+        p = root / name
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        elif p.exists() or p.is_symlink(): p.unlink()
+
 def generate(cfg: ToyConfig | str = 'small', # a config or a preset name
              root: str | Path | None = None, # output folder; default: default_cache() / cfg.key()
-             force: bool = False, # regenerate even if complete
+             force: bool = False, # regenerate even if complete (also over a benchmark of another config)
              progress: bool = False, # tqdm bar
+             overwrite: bool = False, # also write into a non-empty folder that is not a benchmark (its other files stay)
             ) -> ToyBench:
-    "Generate (or reuse) the toy benchmark: videos of every split and gt.json of the labelled ones."
+    "Generate (or reuse) the toy benchmark: videos of every split, gt.json of the labelled ones, annotations.json of them all."
     cfg = toy_config(cfg) if isinstance(cfg, str) else cfg
     root = Path(root) if root is not None else default_cache() / cfg.key()
     done, conf = root / 'COMPLETE', {**asdict(cfg), 'version': GENERATOR_VERSION}
-    if done.is_file() and not force:
+    if root.exists() and not root.is_dir(): raise ToyBenchError(f"{root}: exists and is not a folder")
+    if done.is_file() and not force and _is_bench(root):
         if json.loads((root / 'config.json').read_text()) != json.loads(json.dumps(conf)):
-            raise ValueError(f"{root}: holds a benchmark of another config; pass another root or force=True")
-        return ToyBench(root, cfg)
-    if root.exists() and any(root.iterdir()):
-        if not (root / 'config.json').is_file():
-            raise ValueError(f"{root}: not empty and not a toy benchmark (no config.json); refusing to overwrite it")
-        shutil.rmtree(root)
+            raise ToyBenchError(f"{root}: holds a benchmark of another config; pass another root or force=True (pal-toybench --overwrite)")
+        tb = ToyBench(root, cfg)
+        if not tb.annotations_path.is_file(): tb.annotations_path.write_text(json.dumps(annotations_json(tb), indent=1) + '\n')  # made before it existed
+        return tb
+    if root.exists() and any(root.iterdir()) and not _is_bench(root) and not overwrite:
+        raise ToyBenchError(f"{root}: not empty and not a toy benchmark (no config.json of one); refusing to overwrite it "
+                         "(overwrite=True, pal-toybench --overwrite, replaces only the benchmark's own files and folders)")
+    if root.exists(): _clear(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / 'config.json').write_text(json.dumps(conf, indent=1) + '\n')
     from tqdm.auto import tqdm
     jobs = [(s, i) for s in SPLITS for i in range(cfg.count(s))]
     dbs = {s: {} for s in SPLITS}
-    for split, i in tqdm(jobs, disable=not progress, desc='toybench'):
+    for split, i in tqdm(jobs, disable=not progress, desc='pal-toybench', unit='video'):
         scene = sample_scene(cfg, split, i)
         write_video(root / split / f'{scene.name}.mp4', render(scene), cfg.fps, crf=cfg.crf, threads=1)
         dbs[split][scene.name] = {'subset': split, 'duration': scene.T / cfg.fps, 'fps': cfg.fps, 'num_frames': scene.T,
-                                  'annotations': scene_annotations(scene)}
+                                  'annotations': _with_ids(scene_annotations(scene), cfg.classes)}
     for split in ('train', 'test'):
         (root / split).mkdir(exist_ok=True)
         (root / split / 'gt.json').write_text(json.dumps({'version': f'pal-toybench-{GENERATOR_VERSION}', 'classes': list(cfg.classes),
                                                           'database': dbs[split]}, indent=1) + '\n')
+    tb = ToyBench(root, cfg)
+    tb.annotations_path.write_text(json.dumps(annotations_json(tb), indent=1) + '\n')
     done.write_text(json.dumps({s: cfg.count(s) for s in SPLITS}) + '\n')
-    return ToyBench(root, cfg)
+    return tb
+
+# %% ../nbs/01a_toybench.ipynb #289954ff
+def toybench_parser() -> argparse.ArgumentParser:
+    "The argument parser of `pal-toybench`."
+    ap = argparse.ArgumentParser(prog='pal-toybench', description='Generate the toy localization benchmark into a folder: '
+                                 'unlabeled/, train/ and test/ videos (mp4), train/gt.json and test/gt.json, and annotations.json '
+                                 '(ActivityNet style: both labelled splits, subsets "training" and "testing", a label_id per action).')
+    ap.add_argument('--out', required=True, help='output folder')
+    ap.add_argument('--preset', choices=sorted(PRESETS), default='small', help='benchmark size (default: small)')
+    ap.add_argument('--seed', type=int, help="generator seed (default: the preset's, 0)")
+    for s in SPLITS: ap.add_argument(f'--n-{s}', type=int, metavar='N', help=f"number of {s} videos (default: the preset's)")
+    ap.add_argument('--duration', type=float, nargs=2, metavar=('MIN', 'MAX'), help="seconds per video (default: the preset's)")
+    ap.add_argument('--overwrite', action='store_true', help="regenerate even if OUT holds a complete benchmark (of any config), and write "
+                    "into a non-empty folder that is not one; only the benchmark's own files and folders are replaced")
+    ap.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return ap
+
+def toybench_cli(argv: list[str] | None = None) -> int:
+    "`pal-toybench`: generate the toy benchmark as a dataset that TAL code reads; returns the exit status."
+    ap = toybench_parser(); a = ap.parse_args(argv)
+    over = {k: v for k, v in dict(seed=a.seed, n_unlabeled=a.n_unlabeled, n_train=a.n_train, n_test=a.n_test,
+                                  duration=tuple(a.duration) if a.duration else None).items() if v is not None}
+    if any(v < 0 for k, v in over.items() if k != 'duration'): ap.error('--seed and the video counts must be >= 0')
+    if a.duration and not 0 < a.duration[0] <= a.duration[1]: ap.error(f'--duration needs 0 < MIN <= MAX, got {a.duration}')
+    try: cfg = toy_config(a.preset, **over)
+    except ValueError as e: ap.error(str(e))
+    out = Path(a.out)
+    reused = (out / 'COMPLETE').is_file() and not a.overwrite
+    try: tb = generate(cfg, out, force=a.overwrite, progress=not a.no_progress, overwrite=a.overwrite)
+    except ToyBenchError as e:
+        print(f'pal-toybench: error: {e}', file=sys.stderr); return 1
+    ann, counts = tb.annotations(), ', '.join(f'{s} {len(tb.videos(s))}' for s in SPLITS)
+    print(f"pal-toybench: {'reused the complete benchmark in' if reused else 'wrote'} {out} "
+          f"({a.preset} preset{''.join(f', {k}={v}' for k, v in over.items())}): {counts} videos")
+    print(f"  {tb.annotations_path}: {len(ann['database'])} labelled videos, subset " +
+          ', '.join(f'{v!r} = {k}/' for k, v in SUBSETS.items()) + f"; label_id = index in {ann['classes']}")
+    print(f"  score predictions with: pal-eval --gt {tb.annotations_path} --subset testing --pred PRED.json")
+    return 0

@@ -1,13 +1,16 @@
-"Tests of pal.toybench: annotations match the pixels, generation is deterministic and cached."
-import json
+"Tests of pal.toybench: annotations match the pixels, generation is deterministic and cached, pal-toybench writes a dataset."
+import json, subprocess, sys
+from pathlib import Path
+
+import av
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pal.localize import evaluate, parse_gt
-from pal.toybench import (CLASSES, SPLITS, ToyConfig, generate, object_track, render, sample_scene, scene_annotations,
-                          toy_config)
+from pal.localize import eval_cli, evaluate, parse_gt
+from pal.toybench import (ANNOTATIONS, CLASSES, SPLITS, SUBSETS, ToyBenchError, ToyConfig, annotations_json, generate,
+                          object_track, render, sample_scene, scene_annotations, toy_config, toybench_cli)
 from pal.video import VideoReader
 
 TINY = toy_config('small', n_unlabeled=2, n_train=3, n_test=2, duration=(6.0, 9.0))
@@ -76,7 +79,7 @@ def test_layout_and_ground_truth(bench):
         for name, v in gt['database'].items():
             scene = sample_scene(TINY, split, int(name.split('_')[1]))
             assert v['subset'] == split and v['num_frames'] == scene.T and v['duration'] == scene.T / TINY.fps
-            assert v['annotations'] == scene_annotations(scene)
+            assert v['annotations'] == [{**a, 'label_id': CLASSES.index(a['label'])} for a in scene_annotations(scene)]
         parse_gt(gt)  # valid ActivityNet ground truth: evaluating it against itself gives 1
         perfect = {'results': {n: [dict(a, score=1.0) for a in v['annotations']] for n, v in gt['database'].items()}}
         assert evaluate(gt, perfect).average == 1.0
@@ -103,12 +106,25 @@ def test_decoded_video_shows_actions_where_annotated(bench):
             assert np.array_equal(err_hidden[~inside], err_full[~inside])
 
 
+def _decode(path) -> np.ndarray:
+    "Every frame of a video file, uint8 [T, H, W, 3]."
+    with av.open(str(path)) as c: return np.stack([f.to_ndarray(format='rgb24') for f in c.decode(c.streams.video[0])])
+
+
+def _psnr(a, b) -> float:
+    "PSNR (dB) of two decoded videos of the same shape; inf when equal."
+    assert a.shape == b.shape, (a.shape, b.shape)
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float('inf') if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
 def test_generation_is_deterministic_and_cached(bench, tmp_path):
     again = generate(TINY, tmp_path / 'again')
     files = sorted(p.relative_to(bench.root) for p in bench.root.rglob('*') if p.is_file())
     assert files == sorted(p.relative_to(again.root) for p in again.root.rglob('*') if p.is_file())
-    for f in files:
-        assert (bench.root / f).read_bytes() == (again.root / f).read_bytes(), f
+    for f in files:  # the same annotations and config; videos that decode to the same frames up to encoder noise
+        if f.suffix == '.mp4': assert _psnr(_decode(bench.root / f), _decode(again.root / f)) > 35, f
+        else: assert (bench.root / f).read_bytes() == (again.root / f).read_bytes(), f
     # complete: reused without writing
     stamp = {f: (again.root / f).stat().st_mtime_ns for f in files}
     generate(TINY, tmp_path / 'again')
@@ -118,7 +134,7 @@ def test_generation_is_deterministic_and_cached(bench, tmp_path):
         generate(toy_config('small', n_unlabeled=2, n_train=3, n_test=2, duration=(6.0, 9.0), seed=1), tmp_path / 'again')
     (again.root / 'COMPLETE').unlink(); (again.root / 'train' / 'train_0000.mp4').write_bytes(b'partial')
     generate(TINY, tmp_path / 'again')
-    assert (again.root / 'train' / 'train_0000.mp4').read_bytes() == (bench.root / 'train' / 'train_0000.mp4').read_bytes()
+    assert _psnr(_decode(again.root / 'train' / 'train_0000.mp4'), _decode(bench.root / 'train' / 'train_0000.mp4')) > 35
     # a folder with other content is never deleted
     (tmp_path / 'mine').mkdir(); (tmp_path / 'mine' / 'thesis.tex').write_text('precious')
     with pytest.raises(ValueError, match='refusing'):
@@ -134,3 +150,119 @@ def test_config_key_and_default_root(tmp_path, monkeypatch):
     tb = generate(cfg)
     assert tb.root == tmp_path / 'pal' / 'toybench' / cfg.key() and len(tb.videos('train')) == 1
     assert json.loads((tb.root / 'config.json').read_text())['n_train'] == 1
+
+
+# ---------------------------------------------------------------- pal-toybench: the benchmark as a dataset
+
+TINY_ARGS = ['--n-unlabeled', '1', '--n-train', '3', '--n-test', '2', '--duration', '6', '9', '--no-progress']
+
+
+def _load_like_actionformer(json_file, feat_folder, split):
+    "The keys ActionFormer's THUMOS14/ActivityNet json loaders read (libs/datasets/thumos14.py, anet.py), read the same way."
+    db = json.loads(Path(json_file).read_text())['database']
+    label_dict = {act['label']: act['label_id'] for v in db.values() for act in v['annotations']}
+    items = []
+    for key, value in db.items():
+        if value['subset'].lower() not in split: continue
+        if not (Path(feat_folder) / f'{key}.npy').exists(): continue
+        segs = np.asarray([act['segment'] for act in value['annotations']], dtype=np.float32).reshape(-1, 2)
+        labels = np.asarray([label_dict[act['label']] for act in value['annotations']], dtype=np.int64)
+        items.append(dict(id=key, fps=value['fps'], duration=value['duration'], segments=segs, labels=labels))
+    return items, label_dict
+
+
+def test_cli_writes_one_activitynet_annotations_file(tmp_path, capsys):
+    out = tmp_path / 'toy'
+    assert toybench_cli(['--out', str(out), *TINY_ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert 'wrote' in printed and 'unlabeled 1, train 3, test 2 videos' in printed and ANNOTATIONS in printed
+    ann = json.loads((out / ANNOTATIONS).read_text())
+    assert set(ann) == {'version', 'classes', 'taxonomy', 'database'} and ann['classes'] == list(CLASSES)
+    assert [t['nodeName'] for t in ann['taxonomy']] == list(CLASSES) and [t['nodeId'] for t in ann['taxonomy']] == list(range(5))
+    stems = {s: sorted(p.stem for p in (out / s).glob('*.mp4')) for s in SPLITS}
+    assert stems == {'unlabeled': ['unlabeled_0000'], 'train': ['train_0000', 'train_0001', 'train_0002'], 'test': ['test_0000', 'test_0001']}
+    # ids = the file stems of the labelled splits, unique across them; subsets by split
+    assert sorted(ann['database']) == sorted(stems['train'] + stems['test'])
+    assert {v: e['subset'] for v, e in ann['database'].items()} == {**{v: 'training' for v in stems['train']}, **{v: 'testing' for v in stems['test']}}
+    tiny = toy_config('small', n_unlabeled=1, n_train=3, n_test=2, duration=(6.0, 9.0))
+    for vid, e in ann['database'].items():
+        split = 'train' if e['subset'] == 'training' else 'test'
+        assert set(e) == {'subset', 'duration', 'fps', 'num_frames', 'annotations'}
+        assert isinstance(e['duration'], float) and isinstance(e['fps'], int) and isinstance(e['num_frames'], int)
+        # duration and fps are the written file's: frame k at k / fps, num_frames frames
+        with av.open(str(out / split / f'{vid}.mp4')) as c:
+            times = [float(f.time) for f in c.decode(c.streams.video[0])]
+            rate = float(c.streams.video[0].average_rate)
+        assert rate == e['fps'] and len(times) == e['num_frames'] and e['duration'] == e['num_frames'] / e['fps']
+        np.testing.assert_allclose(times, np.arange(e['num_frames']) / e['fps'], atol=1e-6)
+        scene = sample_scene(tiny, split, int(vid.split('_')[1]))
+        assert e['num_frames'] == scene.T and len(e['annotations']) == len(scene.actions) >= 1
+        for a in e['annotations']:
+            assert set(a) == {'segment', 'label', 'label_id', 'frames'} and isinstance(a['label_id'], int)
+            assert a['label_id'] == ann['classes'].index(a['label'])
+            assert 0 <= a['segment'][0] < a['segment'][1] <= e['duration']
+            assert a['segment'] == [a['frames'][0] / e['fps'], a['frames'][1] / e['fps']]
+        # the per-split file says the same (with its own subset name)
+        assert json.loads((out / split / 'gt.json').read_text())['database'][vid] == {**e, 'subset': split}
+    # what ActionFormer's loaders read: features found by id, labels from label_id, both subsets
+    feats = tmp_path / 'feats'; feats.mkdir()
+    for v in ann['database']: np.save(feats / f'{v}.npy', np.zeros((4, 2), np.float32))
+    items, label_dict = _load_like_actionformer(out / ANNOTATIONS, feats, ['training'])
+    assert [i['id'] for i in items] == stems['train'] and all(len(i['segments']) == len(i['labels']) > 0 for i in items)
+    assert label_dict == {c: i for i, c in enumerate(CLASSES) if c in label_dict}
+    assert len(_load_like_actionformer(out / ANNOTATIONS, feats, ['testing'])[0]) == 2
+    # pal-eval takes it as ground truth: the test annotations as predictions score 1, and the train videos count as false positives
+    test_pred = {'results': {v: [dict(a, score=1.0) for a in e['annotations']] for v, e in ann['database'].items() if e['subset'] == 'testing'}}
+    (tmp_path / 'pred.json').write_text(json.dumps(test_pred))
+    assert eval_cli(['--gt', str(out / ANNOTATIONS), '--pred', str(tmp_path / 'pred.json'), '--subset', 'testing', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['average'] == 1.0
+    assert evaluate(ann, test_pred, subset='testing').average == 1.0
+
+
+def test_cli_presets_and_bad_arguments(tmp_path, capsys):
+    parser_help = subprocess.run([sys.executable, '-c', 'from pal.toybench import toybench_cli; toybench_cli(["--help"])'],
+                                 capture_output=True, text=True, timeout=120)
+    assert '{large,small}' in parser_help.stdout and '--overwrite' in parser_help.stdout
+    for bad in (['--preset', 'huge'], ['--n-train', '-1'], ['--duration', '9', '6'], ['--duration', '3', '3']):
+        with pytest.raises(SystemExit) as e:
+            toybench_cli(['--out', str(tmp_path / 'x'), *bad])
+        assert e.value.code == 2, bad
+    assert 'must fit the shortest video' in capsys.readouterr().err  # the last one: ToyConfig's own check
+    assert not (tmp_path / 'x').exists()
+
+
+def test_cli_refuses_foreign_folders_and_keeps_other_files(tmp_path, capsys):
+    mine = tmp_path / 'mine'; mine.mkdir(); (mine / 'thesis.tex').write_text('precious')
+    assert toybench_cli(['--out', str(mine), *TINY_ARGS]) == 1
+    assert 'refusing' in capsys.readouterr().err and sorted(p.name for p in mine.iterdir()) == ['thesis.tex']
+    assert toybench_cli(['--out', str(mine), '--overwrite', *TINY_ARGS]) == 0
+    assert (mine / 'thesis.tex').read_text() == 'precious' and (mine / ANNOTATIONS).is_file()
+    # a complete benchmark is reused without writing; another config is refused, then replaced with --overwrite
+    (mine / 'features').mkdir(); (mine / 'features' / 'train_0000.npy').write_bytes(b'x')
+    stamp = {p: p.stat().st_mtime_ns for p in mine.rglob('*') if p.is_file()}
+    capsys.readouterr()
+    assert toybench_cli(['--out', str(mine), *TINY_ARGS]) == 0 and 'reused' in capsys.readouterr().out
+    assert stamp == {p: p.stat().st_mtime_ns for p in mine.rglob('*') if p.is_file()}
+    assert toybench_cli(['--out', str(mine), '--seed', '1', *TINY_ARGS]) == 1
+    assert 'another config' in capsys.readouterr().err
+    assert toybench_cli(['--out', str(mine), '--seed', '1', '--overwrite', *TINY_ARGS]) == 0
+    assert json.loads((mine / 'config.json').read_text())['seed'] == 1
+    assert (mine / 'thesis.tex').read_text() == 'precious' and (mine / 'features' / 'train_0000.npy').read_bytes() == b'x'
+    (tmp_path / 'afile').write_text('x')
+    assert toybench_cli(['--out', str(tmp_path / 'afile'), *TINY_ARGS]) == 1 and 'not a folder' in capsys.readouterr().err
+    with pytest.raises(ToyBenchError, match='refusing'):
+        generate(TINY, tmp_path / 'mine' / 'features')
+
+
+def test_annotations_written_for_a_benchmark_made_before_them(bench, tmp_path):
+    "A complete benchmark from before annotations.json existed (same generator version) gets it on reuse; label_id added."
+    again = generate(TINY, tmp_path / 'old')
+    want = (again.root / ANNOTATIONS).read_text()
+    (again.root / ANNOTATIONS).unlink()
+    for s in ('train', 'test'):  # gt.json as written before label_id
+        gt = json.loads(again.gt_path(s).read_text())
+        for v in gt['database'].values(): v['annotations'] = [{k: x for k, x in a.items() if k != 'label_id'} for a in v['annotations']]
+        again.gt_path(s).write_text(json.dumps(gt, indent=1) + '\n')
+    assert (generate(TINY, tmp_path / 'old').root / ANNOTATIONS).read_text() == want == (bench.root / ANNOTATIONS).read_text()
+    assert annotations_json(bench) == json.loads(want)
+    assert SUBSETS == {'train': 'training', 'test': 'testing'}
