@@ -22,10 +22,10 @@ from .encoder import Encoder, receptive_field, feature_offset
 from .train import TrainConfig, build_objective, TrainingError, load_checkpoint, save_checkpoint, resolve_device, _auto_workers
 
 # %% auto #0
-__all__ = ['random_encoder', 'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess', 'ClipGrid',
-           'encode_clips', 'context_margin', 'window_plan', 'extract_features', 'feature_names', 'ExtractError',
-           'auto_jobs', 'extract', 'extract_parser', 'extract_cli', 'row_labels', 'self_similarity', 'pca_2d',
-           'boundary_profile', 'boundary_curve']
+__all__ = ['TIMES_RULE', 'random_encoder', 'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess',
+           'ClipGrid', 'row_times', 'encode_clips', 'context_margin', 'window_plan', 'extract_features',
+           'feature_names', 'ExtractError', 'auto_jobs', 'extract', 'extract_parser', 'extract_cli', 'row_labels',
+           'self_similarity', 'pca_2d', 'boundary_profile', 'boundary_curve']
 
 # %% ../nbs/07_features.ipynb #af7b1b2a
 def random_encoder(cfg: TrainConfig) -> Encoder:
@@ -108,11 +108,33 @@ class ClipGrid:
         return max(1, math.ceil(self.num_frames / self.stride))
     def starts(self) -> np.ndarray:  # [rows] first frame of each row's clip
         return np.arange(self.rows) * self.stride
-    def times(self) -> np.ndarray:  # [rows] seconds, centre of each row's clip
-        return (self.starts() + self.clip_frames / 2) / self.fps
+    def times(self, offset: float = 0.0) -> np.ndarray:  # [rows] seconds
+        "Centre of each row at a constant `fps`: its clip's centre, moved by `offset` clips (`feature_offset(encoder)`), clamped to the video."
+        return self.spans(offset)[2]
+    def spans(self, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # starts, ends, centres [rows], seconds
+        "`row_times` of this grid for a video of constant frame rate `fps` (frame k at k / fps)."
+        return row_times(np.arange(self.num_frames) / self.fps, self.num_frames / self.fps, self, offset)
     def frame_indices(self, first: int, n: int) -> Tensor:
         "Video frames the encoder sees for clips `first .. first + n - 1`: `[n * clip_len]`, past the end clamped to the last frame."
         return ((first * self.clip_len + torch.arange(n * self.clip_len)) * self.frame_stride).clamp(max=self.num_frames - 1)
+
+# %% ../nbs/07_features.ipynb #fca2248e
+def row_times(frame_times: np.ndarray,  # [num_frames] seconds of each frame (its own timestamp), non-decreasing
+              duration: float,  # seconds: the last frame's time plus its display duration
+              grid: ClipGrid,  # which frames make each row
+              offset: float = 0.0,  # clips: where a feature looks minus its clip's centre, `feature_offset(encoder)`
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # starts, ends, centres: [rows] seconds
+    "Each row's time span from the frames' own timestamps (first frame's time, last frame's end) and the time at its feature's measured centre."
+    t = np.asarray(frame_times, dtype=np.float64)
+    if t.shape != (grid.num_frames,): raise ValueError(f'expected {grid.num_frames} frame times, got shape {t.shape}')
+    if not (np.isfinite(t).all() and np.all(np.diff(t) >= 0) and duration >= t[-1]):
+        raise ValueError(f'frame times must be finite and non-decreasing, with duration ({duration}) >= the last time ({t[-1]})')
+    L, fs = grid.clip_len, grid.frame_stride
+    m = np.arange(grid.rows * L + 1)  # sampled-frame boundaries: sampled frame m runs from bound[m] to bound[m + 1]
+    bound = np.append(t, duration)[np.minimum(m * fs, grid.num_frames)]  # past the last frame: the video's end
+    first = np.arange(grid.rows) * L  # each row's first sampled frame
+    centres = np.interp(first + L * (0.5 + offset), m, bound)  # interp clamps to [0, duration] outside the grid
+    return bound[first], bound[first + L], centres
 
 # %% ../nbs/07_features.ipynb #74f88117
 @torch.no_grad()
@@ -221,6 +243,15 @@ def auto_jobs(device: torch.device, cpus: int | None = None) -> int:
     cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()) or 1  # the cores this process may use
     return max(2, _auto_workers(device, False, cpus))  # as many as pal.train's loader workers on CUDA
 
+def _nominal_clock_until_reader_has_times(reader) -> tuple[np.ndarray, float, None]:
+    "TEMPORARY, delete once `pal.video.VideoReader` has `times`: frame k at k / fps; whether the rate is constant is unknown (None)."
+    return np.arange(reader.num_frames) / reader.fps, reader.num_frames / reader.fps, None
+
+def _frame_clock(reader) -> tuple[np.ndarray, float, bool | None]:
+    "The reader's frame times (seconds from the first frame), its duration in seconds and whether its frame rate is constant."
+    if not hasattr(reader, 'times'): return _nominal_clock_until_reader_has_times(reader)
+    return np.asarray(reader.times, dtype=np.float64), float(reader.duration), bool(reader.constant_rate)
+
 def _video_list(videos: Path) -> tuple[list[Path], Path]:
     "The videos of a folder (recursively) or a single file, and the folder names are relative to."
     if videos.is_file(): return [videos], videos.parent
@@ -228,6 +259,13 @@ def _video_list(videos: Path) -> tuple[list[Path], Path]:
     return list_videos(videos), videos
 
 # %% ../nbs/07_features.ipynb #79d305ba
+TIMES_RULE = ("seconds from the video's first frame, from each frame's own timestamp: starts[i] = time of row i's first frame "
+              "(frame i * feature_stride); ends[i] = time of its last frame plus that frame's display duration (the next row's "
+              "start; the video's duration for the last row); times[i] = time at row i's measured feature centre, sampled-frame "
+              "position i * clip_len + clip_len * (0.5 + feature_offset) (feature_offset: where a feature looks minus its clip's "
+              "centre, in clips, from the encoder's measured receptive field), time linear within each sampled frame, clamped to "
+              "[0, duration] (pal.features.row_times)")
+
 def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
             videos: str | Path,  # a folder (searched recursively) or one video file
             out: str | Path,  # output folder: NAME.npy per video and manifest.json
@@ -249,7 +287,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
     encoder, cfg, info = load_model(checkpoint, dev, seed)
     fs = frame_stride or cfg.paste.frame_stride
     if fs < 1: raise ValueError(f'frame_stride must be >= 1, got {fs}')
-    rf = receptive_field(encoder)
+    rf, offset = receptive_field(encoder), feature_offset(encoder)
     if dev.type == 'cuda': encoder = encoder.to(memory_format=torch.channels_last_3d)  # the layout of its inputs
     margin = context_margin(encoder, rf)
     window = max(window, 2 * margin + 1)
@@ -257,24 +295,27 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
     man = dict(format='pal-features-1', **info, method=cfg.method, backbone=cfg.backbone, mode=cfg.mode, width=cfg.width,
                size=cfg.size, decode_hw=list(cfg.decode_hw), clip_len=L, frame_stride=fs, clip_frames=L * fs,
                feature_stride=L * fs, dim=encoder.out_dim, window=window, margin=margin, receptive_field=list(rf),
-               times='times[i] = (i * feature_stride + clip_frames / 2) / fps, the centre of row i\'s clip',
-               videos_root=str(root), videos={}, skipped=[])
+               feature_offset=offset, times=TIMES_RULE, videos_root=str(root), videos={}, skipped=[])
     out.mkdir(parents=True, exist_ok=True)
-    def work(path):  # one video, in one of `jobs` threads: its features and clip grid, or the error that stopped it
+    def work(path):  # one video, in one of `jobs` threads: its features, clip grid, clock and row times, or the error that stopped it
         try:
             with VideoReader(path, size=cfg.decode_hw) as reader:
-                return extract_features(encoder, reader, cfg.augment, fs, window, margin, batch), ClipGrid(reader.num_frames, reader.fps, L, fs), None
-        except VideoError as e: return None, None, e
+                feats = extract_features(encoder, reader, cfg.augment, fs, window, margin, batch)
+                grid, clock = ClipGrid(reader.num_frames, reader.fps, L, fs), _frame_clock(reader)
+            try: spans = row_times(clock[0], clock[1], grid, offset)
+            except ValueError as e: raise VideoError(f'{path}: frame times: {e}') from e
+            return feats, grid, clock, spans, None
+        except VideoError as e: return None, None, None, None, e
     bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
     ex = ThreadPoolExecutor(auto_jobs(dev) if jobs is None else max(1, jobs), thread_name_prefix='pal-extract-video')
     try:
-        for (path, name), (feats, grid, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
+        for (path, name), (feats, grid, clock, spans, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
             bar.set_postfix_str(name[-30:])
             if err is not None:
                 why = str(err).removeprefix(f'{path}: ')
                 say(f'skipping {path}: {why}'); man['skipped'].append(dict(file=os.path.relpath(path, root), error=why))
                 continue
-            _write_video(out, name, path, root, feats, grid, man)
+            _write_video(out, name, path, root, feats, grid, clock, spans, man)
     finally: ex.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the videos in flight, start no more
     bar.close()
     _save_json(out / 'manifest.json', man)
@@ -283,14 +324,18 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
     say(f'{n} of {len(paths)} videos -> {out} ({k} skipped), {man["dim"]}-d rows every {L * fs} frames')
     return man
 
-def _write_video(out: Path, name: str, path: Path, root: Path, feats: np.ndarray, grid: ClipGrid, man: dict):
+def _write_video(out: Path, name: str, path: Path, root: Path, feats: np.ndarray, grid: ClipGrid,
+                 clock: tuple,  # `_frame_clock(reader)`: frame times, duration, constant rate
+                 spans: tuple,  # `row_times(...)`: starts, ends, centres
+                 man: dict):
     "Save one video's features and its manifest entry (the manifest is rewritten after every video)."
     L, fs = grid.clip_len, grid.frame_stride
+    starts, ends, centres = ([round(float(t), 6) for t in a] for a in spans)
     _save_npy(out / f'{name}.npy', feats)
     man['videos'][name] = dict(file=os.path.relpath(path, root), features=f'{name}.npy', num_frames=grid.num_frames,
-                               fps=grid.fps, duration=grid.num_frames / grid.fps, rows=grid.rows, dim=int(feats.shape[1]),
+                               fps=grid.fps, duration=round(clock[1], 6), constant_rate=clock[2], rows=grid.rows, dim=int(feats.shape[1]),
                                clip_len=L, frame_stride=fs, clip_frames=grid.clip_frames, feature_stride=grid.stride,
-                               times=[round(float(t), 6) for t in grid.times()])
+                               times=centres, starts=starts, ends=ends)
     _save_json(out / 'manifest.json', man)
 
 # %% ../nbs/07_features.ipynb #5d3b41a1

@@ -7,9 +7,10 @@ import pytest, torch
 from hypothesis import given, settings, strategies as st
 
 from pal.encoder import Encoder
+from pal.encoder import feature_offset
 from pal.features import (ClipGrid, extract, extract_cli, extract_features, feature_names, load_model, random_encoder,
                           receptive_field, context_margin, window_plan, save_encoder, slim_checkpoint, preprocess, ExtractError,
-                          auto_jobs)
+                          auto_jobs, row_times)
 from pal.samples import sample_dir
 from pal.sampling import PasteConfig
 from pal.train import TrainConfig, TrainingError, load_encoder
@@ -48,10 +49,16 @@ def test_rows_and_times_are_what_the_manifest_claims(extracted):
         rows = math.ceil(info['frames'] / 16)  # every frame in exactly one clip
         f = np.load(d / 'out' / v['features'])
         assert f.shape == (rows, 128) == (v['rows'], man['dim']) and f.dtype == np.float32
-        t = np.array(v['times'])
-        np.testing.assert_allclose(t, (np.arange(rows) * 16 + 8) / info['fps'], atol=1e-6)  # clip centres
-        assert np.all(np.diff(t) > 0) and t[-1] < (rows * 16) / info['fps']
+        t, starts, ends = (np.array(v[k]) for k in ('times', 'starts', 'ends'))
+        n, fps, dur = info['frames'], info['fps'], info['frames'] / info['fps']  # the samples are constant-rate
+        assert v['duration'] == pytest.approx(dur, abs=2e-3)
+        np.testing.assert_allclose(starts, np.arange(rows) * 16 / fps, atol=2e-3)  # the time of each row's first frame
+        np.testing.assert_allclose(ends, np.minimum(np.arange(1, rows + 1) * 16, n) / fps, atol=2e-3)  # its last frame's end
+        np.testing.assert_allclose(t, np.minimum(np.arange(rows) * 16 + 8 - 3, n) / fps, atol=2e-3)  # 3 frames before the clip centres
+        assert np.all(np.diff(t) > 0) and np.all((starts < t) & (t <= ends)) and ends[-1] == pytest.approx(v['duration'])
         assert np.isfinite(f).all() and f.std(0).max() > 0
+    assert man['feature_offset'] == -0.1875 == feature_offset(load_model('random')[0])  # tiny, clip_len 8: 1.5 sampled frames early
+    assert 'timestamp' in man['times'] and 'feature_offset' in man['times']  # says how the times were derived
 
 
 def test_same_stem_in_two_folders_does_not_overwrite(extracted):
@@ -278,3 +285,50 @@ def test_cli_jobs_default_and_bad_value(tmp_path, capsys):
     assert (tmp_path / 'o' / 'rings.npy').exists()
     with pytest.raises(SystemExit): extract_cli(['--checkpoint', 'random', '--videos', str(vids), '--out', str(tmp_path / 'p'), '--jobs', '0'])
     assert '--jobs' in capsys.readouterr().err
+
+
+def test_row_times_of_a_constant_rate_video_are_the_nominal_rule():
+    g = ClipGrid(100, 25.0, clip_len=8, frame_stride=2)  # 7 rows; the last clip runs past frame 99
+    starts, ends, centres = row_times(np.arange(100) / 25, 4.0, g)
+    np.testing.assert_allclose(starts, np.arange(7) * 16 / 25)
+    np.testing.assert_allclose(ends, np.r_[np.arange(1, 7) * 16 / 25, 4.0])
+    np.testing.assert_allclose(centres, np.minimum(np.arange(7) * 16 + 8, 100) / 25)  # (i * stride + clip_frames / 2) / fps, clamped
+    np.testing.assert_allclose(g.times(), centres)
+    np.testing.assert_allclose(row_times(np.arange(100) / 25, 4.0, g, -0.4375)[2][:6], (np.arange(6) * 16 + 8 - 7) / 25)  # r3d_18: 7 frames early
+    assert row_times(np.arange(3) / 10, 0.3, ClipGrid(3, 10.0, 8))[1].tolist() == [0.3]  # shorter than a clip: one row, the whole video
+
+
+def test_row_times_follow_variable_frame_rate():
+    "30 fps, then 5 fps for 16 frames, then 60 fps: each row is timed by its own frames."
+    dt = np.r_[np.full(16, 1 / 30), np.full(16, 1 / 5), np.full(16, 1 / 60)]
+    t = np.r_[0, np.cumsum(dt)[:-1]]
+    g = ClipGrid(48, 30.0, clip_len=4, frame_stride=2)  # rows of 8 frames: 2 per stretch
+    starts, ends, centres = row_times(t, dt.sum(), g, -0.375)
+    np.testing.assert_allclose(ends - starts, np.repeat([8 / 30, 8 / 5, 8 / 60], 2))
+    np.testing.assert_allclose(centres - starts, np.repeat([8 / 30, 8 / 5, 8 / 60], 2) * (0.5 - 0.375))  # an eighth into the row
+    assert ends[-1] == pytest.approx(16 / 30 + 16 / 5 + 16 / 60)
+    assert g.times(-0.375)[-1] < 1.6 < centres[-1]  # the nominal rate puts the last row at 1.5 s, its frames are at 3.9 s
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 120), clip_len=st.sampled_from([1, 2, 4, 8]), frame_stride=st.integers(1, 3),
+       offset=st.floats(-0.49, 0.49), seed=st.integers(0, 2 ** 16))
+def test_row_times_tile_the_video(n, clip_len, frame_stride, offset, seed):
+    rng = np.random.default_rng(seed)
+    dt = rng.uniform(0.005, 0.5, n)  # any positive display durations
+    t = np.r_[0, np.cumsum(dt)[:-1]]
+    g = ClipGrid(n, 30.0, clip_len, frame_stride)
+    starts, ends, centres = row_times(t, dt.sum(), g, offset)
+    assert len(starts) == g.rows and starts[0] == 0 and ends[-1] == pytest.approx(dt.sum())
+    np.testing.assert_array_equal(starts, t[g.starts()])  # the time of each row's first frame
+    np.testing.assert_array_equal(ends[:-1], starts[1:])  # rows tile the video
+    assert np.all(starts < centres) and np.all(centres <= ends) and np.all(np.diff(centres) > 0)
+    s2, e2, c2 = row_times(3 * t, 3 * dt.sum(), g, offset)  # slow the video down 3x: every time triples
+    np.testing.assert_allclose(np.r_[s2, e2, c2], 3 * np.r_[starts, ends, centres], rtol=1e-9, atol=1e-12)
+
+
+def test_row_times_reject_bad_frame_times():
+    g = ClipGrid(4, 10.0, 2)
+    with pytest.raises(ValueError, match='expected 4 frame times'): row_times(np.arange(5) / 10, 0.5, g)
+    with pytest.raises(ValueError, match='non-decreasing'): row_times(np.array([0, 0.2, 0.1, 0.3]), 0.4, g)
+    with pytest.raises(ValueError, match='duration'): row_times(np.arange(4) / 10, 0.2, g)
