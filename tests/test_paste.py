@@ -213,6 +213,9 @@ def test_explorer_redraws(readers):
     ctl = {c.description: c for c in w.kwargs_widgets}
     assert list(ctl) == ['source', 'background_B', 'background_C', 'seed', 'region_clips', 'scale_B', 'scale_C',
                          'position_B', 'position_C']
+    # the starting values notebook 03 measures the seed's reach with
+    assert w.kwargs == dict(source=0, background_B=1, background_C=2, seed=0, region_clips=2.0, scale_B=1.0, scale_C=1.0,
+                            position_B=0.2, position_C=0.8)
     assert w.result.plan.src_len == readers[0].num_frames and w.result.plan.bg_lens == (readers[1].num_frames, readers[2].num_frames)
     ctl['scale_B'].value = 2.0
     ctl['region_clips'].value = 3.0
