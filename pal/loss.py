@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_loss.ipynb #19924418
 from __future__ import annotations
-import copy
+import copy, math
 from itertools import chain
 import torch
 from torch import nn, Tensor
@@ -13,8 +13,8 @@ import torch.distributed as dist
 from .encoder import Encoder, region_pool, region_align
 
 # %% auto #0
-__all__ = ['gather_features', 'rank_offset', 'info_nce', 'symmetric_info_nce', 'ProjectionHead', 'MoCo', 'background_spans',
-           'ContrastiveObjective', 'PAL', 'VideoContrast']
+__all__ = ['gather_features', 'rank_offset', 'info_nce', 'symmetric_info_nce', 'ProjectionHead', 'MoCo', 'shuffle_groups',
+           'background_spans', 'frame_weights', 'background_gap', 'ContrastiveObjective', 'PAL', 'VideoContrast']
 
 # %% ../nbs/05_loss.ipynb #d2449a7f
 def _distributed() -> bool:
@@ -22,6 +22,7 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 def _all_gather(x: Tensor) -> Tensor:  # [M, ...] -> [world * M, ...], rank order, no gradient
+    if x.dtype == torch.bool: return _all_gather(x.to(torch.uint8)).bool()  # gloo has no bool
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
@@ -144,30 +145,132 @@ class MoCo(nn.Module):
         valid = torch.arange(len(self.queue), device=self.queue.device) < self.filled
         return dict(queue=self.queue.clone(), queue_ids=self.queue_ids.clone(), queue_valid=valid)
 
+# %% ../nbs/05_loss.ipynb #e0f198f2
+def shuffle_groups(B: int,  # samples in the batch (of this process, or of all processes together)
+                   G: int,  # groups, at least 2 samples each
+                  ) -> tuple[list[Tensor], list[Tensor]]:
+    "BatchNorm groups of a batch for shuffle-BN: the queries' (contiguous blocks) and the keys' (every `G`-th sample)."
+    if G < 1 or B < 2 * G: raise ValueError(f"shuffle-BN with {G} BatchNorm groups needs at least {2 * G} samples (2 per group), got {B}")
+    return list(torch.arange(B).tensor_split(G)), [torch.arange(g, B, G) for g in range(G)]
+
+def _to_key_ranks(t: Tensor) -> Tensor:  # [m, ...] local -> [m, ...]: the global samples i with i % world == rank, in order
+    "Send every local sample to the process that computes its key (global sample i to rank i % world)."
+    W, r, m = dist.get_world_size(), dist.get_rank(), len(t)
+    dest = (r * m + torch.arange(m)) % W
+    order = torch.argsort(dest, stable=True).to(t.device)
+    send = torch.bincount(dest, minlength=W).tolist()
+    recv = [int(((s * m + torch.arange(m)) % W == r).sum()) for s in range(W)]
+    out = t.new_empty((sum(recv), *t.shape[1:]))
+    dist.all_to_all_single(out, t[order].contiguous(), recv, send)
+    return out
+
+def _from_key_ranks(t: Tensor | None, m: int) -> Tensor | None:  # [m, ...] computed here -> [m, ...] of this rank's samples
+    "The results for this process's own samples, back from the processes that computed them."
+    if t is None: return None
+    W, r = dist.get_world_size(), dist.get_rank()
+    i = r * m + torch.arange(m)  # global samples of this rank; computed on rank i % W at position i // W
+    return _all_gather(t)[((i % W) * m + i // W).to(t.device)]
+
+
 # %% ../nbs/05_loss.ipynb #a5455c38
 def background_spans(spans: Tensor,  # [M, 2] pasted (start, end) in clip units
                      n_clips: int,  # clips in the video
                      min_len: float = 1.0,  # shorter background pieces are invalid
+                     gap: float = 0.0,  # clips left out between the paste and each piece
                     ) -> tuple[Tensor, Tensor]:
-    "The background before and after each pasted span: spans `[M, 2, 2]` and a validity mask `[M, 2]`."
+    "The background before and after each pasted span, `gap` clips away from it: spans `[M, 2, 2]` and a validity mask `[M, 2]`."
     start, end = spans[:, 0], spans[:, 1]
-    bg = torch.stack([torch.stack([torch.zeros_like(start), start], 1),
-                      torch.stack([end, torch.full_like(end, n_clips)], 1)], 1)  # [M, 2, 2]
+    bg = torch.stack([torch.stack([torch.zeros_like(start), (start - gap).clamp(min=0)], 1),
+                      torch.stack([(end + gap).clamp(max=n_clips), torch.full_like(end, n_clips)], 1)], 1)  # [M, 2, 2]
     return bg, (bg[..., 1] - bg[..., 0]) >= min_len
+
+
+# %% ../nbs/05_loss.ipynb #18783e0d
+def _linearised(encoder: nn.Module) -> nn.Module:
+    "A copy of `encoder` made linear with positive weights: each convolution averages its kernel window, BatchNorm is the identity."
+    e = copy.deepcopy(encoder).float().eval()
+    with torch.no_grad():
+        for m in e.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                m.weight.fill_(1 / m.weight[0].numel())
+                if m.bias is not None: m.bias.zero_()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.zero_(); m.running_var.fill_(1 - m.eps)
+                if m.affine: m.weight.fill_(1); m.bias.zero_()
+    return e.requires_grad_(False)
+
+def frame_weights(encoder: Encoder,
+                  spans: Tensor,  # [M, 2] (start, end) in clip units
+                  n_clips: int,  # clips in the video
+                  bins: int = 4,  # RoIAlign bins per region, as in PAL
+                  size: int = 16,  # pixels of the probe video (time is what matters)
+                 ) -> Tensor:  # [M, n_clips * clip_len], rows sum to 1
+    "How much each input frame weighs in each span's pooled feature, for the linearised encoder (the architecture, not the weights)."
+    e = _linearised(encoder)
+    dev = next(e.parameters()).device
+    x = torch.ones(n_clips, 3, n_clips * encoder.clip_len, size, size, device=dev, requires_grad=True)
+    with torch.enable_grad(): e(x).diagonal(dim1=0, dim2=2).sum().backward()  # row j: the gradient of clip j's feature
+    W = x.grad.sum((1, 3, 4))  # [n_clips, T] weight of each frame in each clip feature
+    A = region_pool(torch.eye(n_clips, device=dev).expand(len(spans), n_clips, n_clips), spans.float().to(dev), bins)  # [M, n_clips]
+    w = A @ W
+    return (w / w.sum(1, keepdim=True)).cpu()
+
+
+# %% ../nbs/05_loss.ipynb #bae0c8cb
+def background_gap(encoder: Encoder,
+                   bins: int = 4,  # RoIAlign bins per region, as in PAL
+                   tol: float = 0.02,  # largest share of a background piece's input allowed to come from the paste side
+                   step: float = 0.25,  # resolution of the answer, in clips
+                   max_gap: float = 4.0,  # give up beyond this many clips
+                  ) -> float:
+    "Smallest gap (clips) between a paste and a 1-clip background piece for which the piece takes at most `tol` of its input from the paste side."
+    cl = encoder.clip_len
+    gaps = torch.arange(0, max_gap + 1e-9, step)
+    n = 3 + math.ceil(max_gap) + 5  # room on both sides, so that the video's ends play no part
+    ends = 3 + torch.arange(cl) / cl  # the paste ends at every frame boundary of clip 3
+    spans = torch.stack([torch.stack([e + gaps, e + gaps + 1], 1) for e in ends])  # [cl, G, 2]
+    w = frame_weights(encoder, spans.view(-1, 2), n, bins).view(cl, len(gaps), -1)
+    t = torch.arange(n * cl)
+    share = torch.stack([w[i][:, t < i + 3 * cl].sum(-1) for i in range(cl)]).amax(0)  # [G] worst case over the end
+    ok = (share <= tol).nonzero()
+    if not len(ok): raise ValueError(f"background_gap: {encoder.backbone} ({encoder.mode}, clip_len {cl}) still leaks "
+                                     f"{share[-1]:.1%} at a gap of {max_gap} clips; pass bg_gap= explicitly")
+    return float(gaps[ok[0, 0]])
+
 
 # %% ../nbs/05_loss.ipynb #d0717301
 class ContrastiveObjective(nn.Module):
-    "Shared by `PAL` and `VideoContrast`: projection head, optional MoCo, symmetric InfoNCE over two views."
+    "Shared by `PAL` and `VideoContrast`: projection head, optional MoCo (with shuffle-BN), symmetric InfoNCE over two views."
+    mask_region_bins = True  # dense alignment (PAL): the other bins of a region are not its negatives
     def __init__(self, encoder: Encoder, dim: int = 128, hidden_dim: int | None = None, temperature: float = 0.1,
-                 moco: bool = False, queue_size: int = 4096, momentum: float = 0.99):
+                 moco: bool = False, queue_size: int = 4096, momentum: float = 0.99,
+                 shuffle_bn: bool = True,  # MoCo: keys normalised in other BatchNorm groups than their queries
+                 bn_groups: int = 2):  # MoCo with shuffle-BN in one process: BatchNorm groups per batch (under torchrun: the processes)
         super().__init__()
         self.encoder, self.temperature = encoder, temperature
         self.head = ProjectionHead(encoder.out_dim, dim, hidden_dim)
         self.moco = MoCo(encoder, self.head, queue_size, momentum) if moco else None
+        if bn_groups < 2: raise ValueError(f"bn_groups must be >= 2, got {bn_groups}")
+        self.shuffle_bn, self.bn_groups = shuffle_bn, bn_groups
 
     def embed(self, x: Tensor, spans: Tensor | None, encoder: nn.Module, head: nn.Module):
         "Projections `[B, 2, D]` (or `[B, 2, K, D]`), hard negatives `[B, R, D]` or None, their mask."
         raise NotImplementedError
+
+    def embed_groups(self, x: Tensor, spans: Tensor | None, encoder: nn.Module, head: nn.Module, groups: list[Tensor]):
+        "`embed` run on each group of samples separately (each normalised with its own BatchNorm statistics), in batch order."
+        if len(groups) == 1: return self.embed(x, spans, encoder, head)
+        parts = [self.embed(x[g], None if spans is None else spans[g], encoder, head) for g in groups]
+        back = torch.argsort(torch.cat(groups))
+        return tuple(None if p[0] is None else torch.cat(p)[back.to(p[0].device)] for p in zip(*parts))
+
+    def _embed_keys_shuffled(self, x: Tensor, spans: Tensor | None):
+        "Keys (and hard negatives) of this process's samples, computed by the processes of `shuffle_groups` (torchrun)."
+        m = len(x)
+        if m < 2: raise ValueError(f"shuffle-BN needs at least 2 samples per process, got {m}")
+        out = self.embed(_to_key_ranks(x), None if spans is None else _to_key_ranks(spans.to(x.device)),
+                         self.moco.key_encoder, self.moco.key_head)
+        return tuple(_from_key_ranks(t, m) for t in out)
 
     def forward(self, x: Tensor,  # [B, 2, 3, T, H, W] two views of each sample
                 spans: Tensor | None = None,  # [B, 2, 2] pasted spans in clip units (PAL only)
@@ -175,15 +278,25 @@ class ContrastiveObjective(nn.Module):
                ) -> tuple[Tensor, dict[str, Tensor]]:
         "Loss and diagnostics (0-dim tensors) for one batch."
         if x.ndim != 6 or x.shape[1] != 2: raise ValueError(f"expected x [B, 2, 3, T, H, W], got {tuple(x.shape)}")
-        z, hard, hard_valid = self.embed(x, spans, self.encoder, self.head)
+        B = len(x)
+        shuffle = self.moco is not None and self.shuffle_bn and self.training  # eval: running statistics, nothing shared
+        spread = shuffle and _distributed()  # the processes are the groups
+        q_groups, k_groups = shuffle_groups(B, self.bn_groups) if shuffle and not spread else ([torch.arange(B)],) * 2
+        z, hard, hard_valid = self.embed_groups(x, spans, self.encoder, self.head, q_groups)
         if self.moco is None: k = z
         else:
             if self.training: self.moco.update(self.encoder, self.head)
-            with torch.no_grad(): k, hard, hard_valid = self.embed(x, spans, self.moco.key_encoder, self.moco.key_head)
-        D, B = z.shape[-1], len(z)
+            with torch.no_grad():
+                if spread: k, hard, hard_valid = self._embed_keys_shuffled(x, spans)
+                else: k, hard, hard_valid = self.embed_groups(x, spans, self.moco.key_encoder, self.moco.key_head, k_groups)
+        D = z.shape[-1]
         if ids is not None: ids = ids.to(z.device)
         K = z.shape[2] if z.ndim == 4 else 1  # dense: each bin is a query
-        if ids is not None and K > 1: ids = (ids[:, None] * K + torch.arange(K, device=ids.device)).flatten()
+        if K > 1:
+            if self.mask_region_bins:  # the bins of one region (one source) are not each other's negatives
+                if ids is None: ids = torch.arange(B, device=z.device) + rank_offset(B)
+                ids = ids.repeat_interleave(K)
+            elif ids is not None: ids = (ids[:, None] * K + torch.arange(K, device=ids.device)).flatten()
         if hard is not None and K > 1: hard, hard_valid = hard.repeat_interleave(K, 0), hard_valid.repeat_interleave(K, 0)
         z1, z2, k1, k2 = (t.reshape(B * K, D) for t in (z[:, 0], z[:, 1], k[:, 0], k[:, 1]))
         extra = self.moco.negatives() if self.moco is not None else {}
@@ -192,6 +305,7 @@ class ContrastiveObjective(nn.Module):
         if self.moco is not None and self.training:
             self.moco.enqueue(torch.cat([k1, k2]), None if ids is None else torch.cat([ids, ids]))
         return loss, stats
+
 
 # %% ../nbs/05_loss.ipynb #f3b7107c
 class PAL(ContrastiveObjective):
@@ -206,11 +320,18 @@ class PAL(ContrastiveObjective):
                  min_background: float = 1.0,  # shortest background piece used, in clips
                  moco: bool = False,  # momentum key encoder + queue of negatives
                  queue_size: int = 4096,
-                 momentum: float = 0.99):
-        super().__init__(encoder, dim, hidden_dim, temperature, moco, queue_size, momentum)
+                 momentum: float = 0.99,
+                 bg_gap: float | None = None,  # clips left out between a paste and its background pieces; None: `background_gap(encoder)`
+                 mask_region_bins: bool = True,  # dense: the other bins of a region are not its negatives
+                 shuffle_bn: bool = True,  # MoCo: keys normalised in other BatchNorm groups than their queries
+                 bn_groups: int = 2):  # MoCo with shuffle-BN in one process: BatchNorm groups per batch
+        super().__init__(encoder, dim, hidden_dim, temperature, moco, queue_size, momentum, shuffle_bn, bn_groups)
         if align not in ('pooled', 'dense'): raise ValueError(f"align must be 'pooled' or 'dense', got {align!r}")
-        self.bins, self.align = bins, align
+        self.bins, self.align, self.mask_region_bins = bins, align, mask_region_bins
         self.background_negatives, self.min_background = background_negatives, min_background
+        if bg_gap is None: bg_gap = background_gap(encoder, bins) if background_negatives else 0.0
+        if bg_gap < 0: raise ValueError(f"bg_gap must be >= 0, got {bg_gap}")
+        self.bg_gap = float(bg_gap)
 
     def embed(self, x, spans, encoder, head):
         "Region projections of the pasted spans, and optionally of the backgrounds."
@@ -221,10 +342,11 @@ class PAL(ContrastiveObjective):
         if self.align == 'pooled': z = head(region_pool(f, s, self.bins)).view(B, 2, -1)  # [B, 2, D]
         else: z = head(region_align(f, s, self.bins).transpose(1, 2)).view(B, 2, self.bins, -1)  # [B, 2, K, D]
         if not self.background_negatives: return z, None, None
-        bg, valid = background_spans(s, f.shape[-1], self.min_background)  # [2B, 2, 2], [2B, 2]
+        bg, valid = background_spans(s, f.shape[-1], self.min_background, self.bg_gap)  # [2B, 2, 2], [2B, 2]
         rows = torch.arange(2 * B, device=f.device).repeat_interleave(2)
         h = head(region_pool(f, bg.view(-1, 2), self.bins, index=rows))  # [4B, D]
         return z, h.view(B, 4, -1), valid.view(B, 4)  # both videos' backgrounds, for both directions
+
 
 # %% ../nbs/05_loss.ipynb #27ae9634
 class VideoContrast(ContrastiveObjective):

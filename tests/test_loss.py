@@ -4,7 +4,7 @@ import pytest, torch
 import torch.nn.functional as F
 from pal.encoder import Encoder, region_pool, region_align
 from pal.loss import (info_nce, symmetric_info_nce, gather_features, rank_offset, ProjectionHead, MoCo,
-                      background_spans, PAL, VideoContrast)
+                      background_spans, background_gap, frame_weights, shuffle_groups, PAL, VideoContrast)
 
 
 def unit(*shape, seed=0):
@@ -116,6 +116,35 @@ def test_background_spans_values():
     bg, valid = background_spans(torch.tensor([[1.5, 4.], [0., 7.5], [6.25, 8.]]), 8, min_len=1.0)
     assert bg.tolist() == [[[0, 1.5], [4, 8]], [[0, 0], [7.5, 8]], [[0, 6.25], [8, 8]]]
     assert valid.tolist() == [[True, True], [False, False], [True, False]]
+    bg, valid = background_spans(torch.tensor([[1.5, 4.], [3., 5.]]), 8, min_len=1.0, gap=1.25)
+    assert bg.tolist() == [[[0, 0.25], [5.25, 8]], [[0, 1.75], [6.25, 8]]]
+    assert valid.tolist() == [[False, True], [True, True]]
+
+
+def test_frame_weights_of_pasted_spans():
+    "Share of a region feature's input that comes from its span: about half for 1 clip, three quarters for 2 (tiny, 8-frame clips)."
+    enc = Encoder('tiny', width=4)
+    w = frame_weights(enc, torch.tensor([[3., 4.], [3., 5.], [0., 8.]]), 8)
+    assert w.shape == (3, 64) and torch.allclose(w.sum(1), torch.ones(3)) and (w >= 0).all()
+    assert 0.4 < w[0, 24:32].sum() < 0.6 and 0.65 < w[1, 24:40].sum() < 0.8
+    assert w[0, :8].sum() == 0 and w[0, 56:].sum() == 0  # the receptive field ends a clip or so away
+    assert frame_weights(Encoder('tiny', 'clip', width=4), torch.tensor([[3., 4.]]), 8)[0, :16].sum() == 0
+
+
+def test_background_negatives_keep_away_from_the_paste():
+    "With the default gap a background piece takes at most 2 % of its input from the paste side; without one, about half."
+    enc = Encoder('tiny', clip_len=4, width=4)  # the benchmark's clips: 4 frames, so the reach is 2 clips
+    model = PAL(enc, dim=8, background_negatives=True)
+    assert model.bg_gap == background_gap(enc) == 2.25
+    assert PAL(enc, dim=8).bg_gap == 0 and PAL(enc, dim=8, background_negatives=True, bg_gap=1).bg_gap == 1
+    spans = torch.tensor([[1.0, 3.5], [1.25, 3.0]])  # pastes ending at 3.5 and 3 clips of 12
+    bg, valid = background_spans(spans, 12, model.min_background, model.bg_gap)
+    after = bg[:, 1]
+    assert valid[:, 1].all() and (after[:, 0] - spans[:, 1] == 2.25).all()
+    w = frame_weights(enc, after, 12)
+    assert all(w[i, :int(spans[i, 1] * 4)].sum() <= 0.02 for i in range(2))
+    w0 = frame_weights(enc, torch.stack([spans[:, 1], spans[:, 1] + 1], 1), 12)  # the old pieces, right after the paste
+    assert all(w0[i, :int(spans[i, 1] * 4)].sum() > 0.4 for i in range(2))
 
 
 def small_batch(B=3, T=16, size=16, seed=0):
@@ -129,49 +158,126 @@ def small_batch(B=3, T=16, size=16, seed=0):
 def test_pal_pooled_and_dense_equal_their_definitions():
     torch.manual_seed(0)
     x, spans = small_batch()
-    for align in ('pooled', 'dense'):
-        model = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, bins=2, align=align).eval()
+    for align, mask in (('pooled', True), ('dense', True), ('dense', False)):
+        model = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, bins=2, align=align, mask_region_bins=mask).eval()
         loss, stats = model(x, spans)
         with torch.no_grad():
             f = model.encoder(x.flatten(0, 1))  # [6, C, 4]
             if align == 'pooled':
                 z = model.head(region_pool(f, spans.view(6, 2), bins=2)).view(3, 2, -1)
                 want, _ = symmetric_info_nce(z[:, 0], z[:, 1])
-            else:  # each bin a query, aligned with the same bin of the other video
+            else:  # each bin a query, aligned with the same bin of the other video; by default the region's other bins are no negatives
                 z = model.head(region_align(f, spans.view(6, 2), bins=2).transpose(1, 2)).view(3, 2, 2, -1)
-                want, _ = symmetric_info_nce(z[:, 0].reshape(6, -1), z[:, 1].reshape(6, -1))
-        assert loss.item() == pytest.approx(want.item(), abs=1e-5)
+                ids = torch.arange(3).repeat_interleave(2) if mask else None
+                want, _ = symmetric_info_nce(z[:, 0].reshape(6, -1), z[:, 1].reshape(6, -1), ids=ids)
+        assert loss.item() == pytest.approx(want.item(), abs=1e-5), (align, mask)
+
+
+def test_dense_bins_of_one_region_are_not_negatives():
+    "Dense mode: a short span's neighbouring bins are near-identical; by default they are masked out of each other's negatives."
+    torch.manual_seed(0)
+    x, spans = small_batch()
+    spans = spans.clone(); spans[..., 1] = spans[..., 0] + 0.5  # half-clip spans: bins interpolate the same clip features
+    model = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, bins=4, align='dense').eval()
+    with torch.no_grad():
+        z, _, _ = model.embed(x, spans, model.encoder, model.head)  # [3, 2, 4, D]
+        sim = torch.einsum('bkd,bjd->bkj', z[:, 0], z[:, 1])  # bins of one region against the same region's bins
+        assert sim.min() > 0.9  # so as negatives they would be near-copies of the positive
+        masked, _ = model(x, spans)
+        model.mask_region_bins = False
+        unmasked, _ = model(x, spans)
+    # at initialisation every vector looks alike, so each loss is about log(candidates): 1 + 8 masked, 1 + 11 unmasked
+    assert masked.item() == pytest.approx(math.log(9), abs=0.05) and unmasked.item() == pytest.approx(math.log(12), abs=0.05)
+    ids = torch.tensor([5, 5, 7])  # sources 0 and 1 are the same video: all their bins are masked from each other
+    model.mask_region_bins = True
+    z1, z2 = z[:, 0].reshape(12, -1), z[:, 1].reshape(12, -1)
+    want, _ = symmetric_info_nce(z1, z2, ids=ids.repeat_interleave(4))
+    assert model(x, spans, ids)[0].item() == pytest.approx(want.item(), abs=1e-5)
 
 
 def test_pal_background_negatives_raise_the_loss_and_moco_fills_its_queue():
     torch.manual_seed(0)
     x, spans = small_batch()
     plain = PAL(Encoder('tiny', clip_len=4, width=4), dim=8).eval()
-    with_bg = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True).eval()
+    with_bg = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True, bg_gap=0.5).eval()
     with_bg.load_state_dict(plain.state_dict())
     assert with_bg(x, spans)[0] > plain(x, spans)[0]
+    # at the measured gap (2.25 clips) no piece of these 4-clip videos is far enough from its paste: nothing changes
+    far = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True).eval()
+    far.load_state_dict(plain.state_dict())
+    assert far(x, spans)[0].item() == pytest.approx(plain(x, spans)[0].item(), abs=1e-6)
+    x, spans = small_batch(B=4)  # shuffle-BN: 2 BatchNorm groups of 2 samples
     moco = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=10)
     moco(x, spans)
-    assert moco.moco.filled.item() == 6  # both views' keys of 3 samples
+    assert moco.moco.filled.item() == 8  # both views' keys of 4 samples
     moco.eval(); moco(x, spans)
-    assert moco.moco.filled.item() == 6  # eval mode leaves the queue alone
+    assert moco.moco.filled.item() == 8  # eval mode leaves the queue alone
     assert 'moco.queue' in moco.state_dict() and 'moco.key_encoder.stem.0.weight' in moco.state_dict()
+    moco.train()
+    with pytest.raises(ValueError, match='at least 4 samples'): moco(*small_batch(B=3))
+    PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, shuffle_bn=False)(*small_batch(B=3))  # without shuffle-BN, any batch
 
 
+def _bn_groups_seen(model, x, spans, ids=None, ref=None, loss=False):
+    "The samples (rows of `ref`, default `x`) normalised together in each forward of the online and of the key encoder."
+    rows = (x if ref is None else ref).flatten(0, 1)  # [2B, ...]: sample b's views are rows 2b, 2b + 1
+    seen = {'query': [], 'key': []}
+    def record(kind):
+        def hook(module, args):
+            got = {int(torch.nonzero((rows == r).flatten(1).all(1))[0]) // 2 for r in args[0]}
+            seen[kind].append(frozenset(got))
+        return hook
+    model.encoder.register_forward_pre_hook(record('query'))
+    if model.moco is not None: model.moco.key_encoder.register_forward_pre_hook(record('key'))
+    out = model(x, spans, ids)[0]
+    return (seen, out) if loss else seen
+
+
+def test_shuffle_bn_normalises_keys_with_other_samples_than_their_queries():
+    "MoCo in one process: queries in contiguous BatchNorm groups, keys in interleaved ones; the plain objective stays one group."
+    torch.manual_seed(0)
+    x, spans = small_batch(B=6)
+    moco = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=16)
+    seen = _bn_groups_seen(moco, x, spans)
+    assert seen['query'] == [{0, 1, 2}, {3, 4, 5}] and seen['key'] == [{0, 2, 4}, {1, 3, 5}]
+    group = lambda kind, i: next(g for g in seen[kind] if i in g)
+    assert all(group('query', i) != group('key', i) for i in range(6))
+    # without shuffle-BN (and without MoCo) one forward normalises the whole batch together, as before
+    off = _bn_groups_seen(PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=16, shuffle_bn=False), x, spans)
+    assert off == {'query': [set(range(6))], 'key': [set(range(6))]}
+    assert _bn_groups_seen(PAL(Encoder('tiny', clip_len=4, width=4), dim=8), x, spans)['query'] == [set(range(6))]
+    # the groups change the batch statistics, so the keys differ from one-group keys (and eval mode ignores the groups)
+    q, k = shuffle_groups(6, 3)
+    assert [g.tolist() for g in q] == [[0, 1], [2, 3], [4, 5]] and [g.tolist() for g in k] == [[0, 3], [1, 4], [2, 5]]
+    ev = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=16).eval()
+    assert len(_bn_groups_seen(ev, x, spans)['key']) == 1
+
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('autocast', [False, True])
 @pytest.mark.parametrize('objective', ['pal', 'video'])
-def test_losses_run_in_float32_and_under_bf16_autocast(objective, autocast):
+def test_losses_run_in_float32_and_under_bf16_autocast(objective, autocast, device):
+    """The objective keeps its logits and loss in float32 under bf16 autocast, and its gradients finite.
+
+    bf16 autocast is a CUDA path (`TrainConfig.amp`); training on the CPU runs float32. On the CPU this test therefore checks
+    only the objective's own dtype handling, with oneDNN off: torch 2.14.1's oneDNN bf16 convolution backward gave
+    non-finite gradients at random (10 of 200 identical repeats on an AMD EPYC; 0 of 200 with PyTorch's own kernels)."""
     torch.manual_seed(0)
     x, spans = small_batch(B=3, T=8, size=16)
-    make = lambda: (PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True) if objective == 'pal'
+    x, spans = x.to(device), spans.to(device)
+    make = lambda: (PAL(Encoder('tiny', clip_len=4, width=4), dim=8, background_negatives=True, bg_gap=0.25) if objective == 'pal'
                     else VideoContrast(Encoder('tiny', clip_len=4, width=4), dim=8))
-    model = make()
+    model = make().to(device)
     ref, _ = model(x, spans)  # float32
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+    with torch.backends.mkldnn.flags(enabled=device != 'cpu' or not autocast), \
+         torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         loss, stats = model(x, spans)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert abs(loss.item() - ref.item()) < (0.1 if autocast else 1e-5)
-    loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert abs(loss.item() - ref.item()) < (0.1 if autocast else 1e-5)
+        loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert all(0 <= v.item() <= 1 for n, v in stats.items() if n == 'top1')
@@ -242,3 +348,33 @@ def test_gather_features_across_two_processes(tmp_path):
     kl = k.clone().requires_grad_()
     F.cross_entropy(q[:3] @ kl.T / 0.1, torch.arange(3)).backward()
     assert not torch.allclose(r[0]['grad'], kl.grad[:3], atol=1e-3)
+
+
+def _shuffle_worker(rank, world, init_file, x, spans, ids, out):
+    "One rank of a 2-process gloo group: a MoCo PAL step on its half of the batch, keys computed with shuffle-BN."
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=16, background_negatives=True, bg_gap=0.25)
+    m = len(x) // world
+    part = slice(rank * m, (rank + 1) * m)
+    seen, loss = _bn_groups_seen(model, x[part], spans[part], ids[part], ref=x, loss=True)
+    torch.save(dict(loss=loss.detach(), seen={k: [sorted(g) for g in v] for k, v in seen.items()}), f'{out}.{rank}')
+    dist.destroy_process_group()
+
+
+def test_shuffle_bn_across_two_processes(tmp_path):
+    "Under torchrun each process normalises its own queries and the keys of every other sample: the same as one process with 2 groups."
+    import torch.multiprocessing as mp
+    x, spans = small_batch(B=4)
+    ids = torch.arange(4)
+    mp.start_processes(_shuffle_worker, args=(2, str(tmp_path / 'init'), x, spans, ids, str(tmp_path / 'out')), nprocs=2, start_method='fork')
+    r = [torch.load(tmp_path / f'out.{i}') for i in range(2)]
+    # rank 0 holds samples 0, 1 and computes the keys of 0, 2; rank 1 holds 2, 3 and computes the keys of 1, 3
+    assert [ri['seen']['query'] for ri in r] == [[[0, 1]], [[2, 3]]]
+    assert [ri['seen']['key'] for ri in r] == [[[0, 2]], [[1, 3]]]
+    torch.manual_seed(0)
+    one = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=16, background_negatives=True, bg_gap=0.25)
+    want, _ = one(x, spans, ids)  # one process, bn_groups=2: queries {0, 1}, {2, 3}; keys {0, 2}, {1, 3}
+    assert ((r[0]['loss'] + r[1]['loss']) / 2).item() == pytest.approx(want.item(), abs=1e-5)
