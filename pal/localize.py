@@ -227,6 +227,18 @@ def _nothing_scored(g: dict, p: dict, videos: set, where: str) -> str:
         return why
     return f"no prediction has both a video and a class of {where}"
 
+def _spelled_as_classes(p: dict, g: dict) -> tuple[dict, dict]:
+    "Predictions whose label is no class but spells exactly one (the string '3' for class 3: pal's head writes names as strings) moved to it."
+    spell: dict = {}
+    for c in g: spell.setdefault(str(c), []).append(c)
+    out, moved = {}, {}
+    for c, (v, s, sc) in p.items():
+        t = spell[str(c)][0] if c not in g and len(spell.get(str(c), [])) == 1 else c
+        if t is not c: moved[c] = t
+        if t not in out: out[t] = (list(v), s, sc)
+        else: out[t] = (out[t][0] + list(v), np.concatenate([out[t][1], s]), np.concatenate([out[t][2], sc]))
+    return out, moved
+
 def evaluate(gt: dict, # ActivityNet ground truth (`{"database": ...}` or the database dict)
              pred: dict, # ActivityNet predictions (`{"results": ...}` or the results dict)
              tious=TIOU_PRESETS['default'], # tIoU thresholds
@@ -236,7 +248,8 @@ def evaluate(gt: dict, # ActivityNet ground truth (`{"database": ...}` or the da
             ) -> DetectionResult:
     "ActivityNet detection mAP, as the official code computes it: per-class AP at each threshold; classes without predictions score 0."
     videos = set(_select(_unwrap(gt, 'database', 'ground truth'), subset, 'ground truth'))
-    g, p = parse_gt(gt, subset=subset), parse_pred(pred)
+    g = parse_gt(gt, subset=subset)
+    p, moved = _spelled_as_classes(parse_pred(pred), g)
     where = 'the ground truth' + ('' if subset is None else f' (subset {subset!r})')
     n_pred = sum(len(v) for v, _, _ in p.values())
     if n_pred and not any(v in videos for c in p if c in g for v in p[c][0]): raise EvalInputError(_nothing_scored(g, p, videos, where))
@@ -256,6 +269,7 @@ def evaluate(gt: dict, # ActivityNet ground truth (`{"database": ...}` or the da
         notes.append(f"{_n(len(unknown), 'prediction')} on {_n(len(set(unknown)), 'video')} outside {where}: "
                      + ('left out (ignore_unknown)' if ignore_unknown else 'counted as false positives, as the official code does')
                      + f"; e.g. {_few(dict.fromkeys(unknown))}" + (f"; {len(twins)} of these match a ground-truth id once a 'v_' prefix is added or removed" if twins else ''))
+    if moved: notes.append(f"predicted labels taken as the ground-truth classes they spell: " + ', '.join(f'{a!r} as {b!r}' for a, b in moved.items()))
     if n_labels: notes.append(f"{_n(n_labels, 'prediction')} of labels that are no class of {where} left out: {_few(str(c) for c in p if c not in g)}")
     if not n_pred: notes.append("no predictions at all: every AP is 0")
     n_zero = sum(int((s[:, 1] == s[:, 0]).sum()) for vs in g.values() for s in vs.values())

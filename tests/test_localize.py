@@ -122,8 +122,21 @@ def test_labels_compare_as_values():
     gt = {'database': {'a': {'annotations': [{'segment': [0, 4], 'label': 3}, {'segment': [5, 9], 'label': 'jump'}]}}}
     r = evaluate(gt, res(a=[(0, 4, 3.0, .9), (5, 9, 'jump', .8)]), [0.5], warn=False)
     assert r.classes == ['3', 'jump'] and r.ap[:, 0].tolist() == [1.0, 1.0]
-    r = evaluate(gt, res(a=[(0, 4, '3', .9), (5, 9, 'jump', .8)]), [0.5], warn=False)  # the string '3' is another label
-    assert r.ap[:, 0].tolist() == [0.0, 1.0] and r.n_unknown_labels == 1
+    # the string '3' spells class 3 (pal's head writes class names as strings): taken as it, with a note
+    r = evaluate(gt, res(a=[(0, 4, '3', .9), (5, 9, 'jump', .8)]), [0.5], warn=False)
+    assert r.ap[:, 0].tolist() == [1.0, 1.0] and r.n_unknown_labels == 0 and "'3' as 3" in r.notes[0]
+    # ... but not when two classes spell the same
+    gt2 = {'database': {'a': {'annotations': [{'segment': [0, 4], 'label': 3}, {'segment': [5, 9], 'label': '3'}]}}}
+    r = evaluate(gt2, res(a=[(0, 4, 3.0, .9), (5, 9, '3', .8)]), [0.5], warn=False)
+    assert r.classes == ['3', '3'] and r.ap[:, 0].tolist() == [1.0, 1.0] and not r.notes
+    # a head trained on integer labels: its string class names score against the integer ground truth
+    videos, gt_syn = synthetic_features(6, rows=(40, 60), seed=3)
+    for v in gt_syn['database'].values():
+        for a in v['annotations']: a['label'] = int(a['label'][-1])
+    head, _ = train_head(videos, gt_syn, cfg=HeadConfig(epochs=2), device='cpu')
+    assert head.classes == ['0', '1', '2']
+    r = evaluate(gt_syn, predict(head, videos), [0.5], warn=False)
+    assert r.classes == ['0', '1', '2'] and r.n_unknown_labels == 0 and 'as 0' in r.notes[0]
     assert evaluate(db(a=[(0, 4, 2.5)]), res(a=[(0, 4, 2.5, 1)]), [0.5]).average == 1.0
 
 
