@@ -114,24 +114,40 @@ class Lab:
         lines = self.log_path.read_text(errors='replace').splitlines()
         return '\n'.join('    ' + l for l in lines[-n:])
 
+    @staticmethod
+    def _stat(pid: int) -> tuple[int, int] | None:
+        "(parent id, start time) of a process, None if it is gone."
+        try: f = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError): return None
+        return int(f[1]), int(f[19])
+
+    def descendants(self) -> list[tuple[int, int]]:
+        "(id, start time) of the server's children and their children (kernels run in sessions of their own)."
+        kids = {}
+        for d in Path('/proc').iterdir():
+            if d.name.isdigit() and (st := self._stat(int(d.name))): kids.setdefault(st[0], []).append((int(d.name), st[1]))
+        out, todo = [], [self.proc.pid]
+        while todo:
+            for k in kids.get(todo.pop(), []): out.append(k); todo.append(k[0])
+        return out
+
     def stop(self, timeout: float = 15) -> str:
-        "Shut the server (and its kernels) down: the shutdown API first, then SIGTERM, then SIGKILL."
-        how = 'api'
+        "Shut the server and its kernels down: the shutdown API, else SIGTERM, else SIGKILL; then any kernel left."
+        how, kids = 'api', self.descendants()
         if self.proc.poll() is None:
             try: self.api('/api/shutdown', 'POST')
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError): how = 'SIGTERM'
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                how = 'SIGTERM'; self.proc.terminate()
             try: self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                how = 'SIGTERM'
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                if how == 'api': how = 'SIGTERM'; self.proc.terminate()
                 try: self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    how = 'SIGKILL'; os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
-        try: os.killpg(self.proc.pid, 0)  # anything left of the group (a kernel)?
-        except ProcessLookupError: pass
-        else:
-            how += ' + SIGKILL to leftover kernel'
-            os.killpg(self.proc.pid, signal.SIGKILL)
+                except subprocess.TimeoutExpired: how = 'SIGKILL'; self.proc.kill(); self.proc.wait()
+        left = []
+        for pid, start in kids:
+            if (st := self._stat(pid)) and st[1] == start:  # still that process, not a new one with its id
+                os.kill(pid, signal.SIGKILL); left.append(pid)
+        if left: how += f', then SIGKILL to leftover processes {left}'
         self.log_file.close()
         return how
 
@@ -150,8 +166,7 @@ JS_STATE = '''() => {
                      .map(c => ({count: c.model.executionCount, outputs: c.model.outputs.length}));
   return {app: true, panel: true, dialogs, ready: panel.sessionContext.isReady,
           kernel: kernel ? kernel.status : null, kernelName: kernel ? kernel.name : null,
-          kernelDisplay: panel.sessionContext.kernelDisplayName, cells,
-          pending: panel.sessionContext.pendingInput === true};
+          kernelDisplay: panel.sessionContext.kernelDisplayName, cells};
 }'''
 
 
@@ -166,11 +181,12 @@ class Browser:
     def state(self) -> dict: return self.page.evaluate(JS_STATE)
 
     def wait(self, what: str, ok, timeout: float | None = None, poll: float = 0.1):
-        "Poll `ok()` until it returns something true; fail with `what` and the last state otherwise."
-        end, last = time.time() + (timeout or self.timeout), None
+        "Poll `ok()` until it returns something true; fail at once on error output, or with `what` and the state at the end."
+        end = time.time() + (timeout or self.timeout)
         while time.time() < end:
-            last = ok()
-            if last: return last
+            if errs := self.errors_in_notebook():
+                raise CheckFailed(f'error output in the notebook while waiting for {what}:\n' + '\n'.join(errs)[-3000:])
+            if last := ok(): return last
             time.sleep(poll)
         raise CheckFailed(f'timed out after {timeout or self.timeout:.0f} s waiting for {what}; JupyterLab state: {self.state()}')
 
@@ -205,6 +221,7 @@ class Browser:
         return self.page.locator('.widget-interact .widget-slider').filter(has=label).first
 
     def errors_in_notebook(self) -> list[str]:
+        "Texts of the error and stderr outputs on show, the explorer's own output included (JupyterLab renders both as stderr)."
         return self.page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
 
 
@@ -219,6 +236,7 @@ def run_check(lab: Lab, br: Browser, doc_image: Path | None) -> dict:
     br.wait('the kernel to start and be idle', br.kernel_idle, timeout=60)
     st = br.state()
     if st['kernelName'] != 'python3': raise CheckFailed(f'the notebook opened with kernel {st["kernelName"]!r}, not python3')
+    log(f'notebook open, kernel {st["kernelName"]} ({st["kernelDisplay"]}) idle, no dialog')
     lap('opened'); br.shot('1-opened')
     # 3. run all cells; wait for every cell, the kernel, the controls and the figure
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -264,8 +282,7 @@ def run_check(lab: Lab, br: Browser, doc_image: Path | None) -> dict:
     check_state(state, scale_b)
     lap('state'); br.shot('5-state', full=True)
     # 6. no errors
-    errs = br.errors_in_notebook()
-    if errs: raise CheckFailed(f'the notebook shows error output: {errs}')
+    if errs := br.errors_in_notebook(): raise CheckFailed(f'the notebook shows error output: {errs}')
     if br.page_errors: raise CheckFailed(f'uncaught JavaScript errors on the page: {br.page_errors}')
     if br.console_errors: raise CheckFailed(f'errors in the browser console: {br.console_errors}')
     return t
