@@ -13,7 +13,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SAMPLES', 'draw_index_code', 'read_index_code', 'render_scene', 'write_video', 'write_overcounted_mp4',
-           'make_samples', 'sample_dir', 'samples_cli']
+           'make_samples', 'sample_dir', 'samples_cli', 'write_packed_bframes_avi', 'write_edit_list_mp4',
+           'cut_mid_packet', 'make_hard_cases']
 
 # %% ../nbs/01_samples.ipynb #2fd6703e
 def draw_index_code(frame,  # uint8 [H, W, 3] (numpy or torch), drawn in place
@@ -119,15 +120,17 @@ def render_scene(T: int, H: int, W: int,  # frames and size
     return video
 
 # %% ../nbs/01_samples.ipynb #5c3921ad
-def write_video(path: str | Path,  # output file; the container follows the suffix (.mp4, .avi, .mkv, .webm, .mov)
+def write_video(path: str | Path,  # output file; the container follows the suffix (.mp4, .avi, .mkv, .webm, .mov, ...)
                 frames,  # uint8 [T, H, W, 3] RGB, numpy array or torch tensor
-                fps: float,  # frames per second
+                fps: float,  # frames per second (the nominal rate, with `times`)
                 codec: str = 'libx264',  # FFmpeg encoder name
                 *,
                 pix_fmt: str | None = None,  # encoder pixel format; default: the codec's usual one
                 bit_rate: int | None = None,  # target bits per second (codecs without crf)
                 pts_equal_dts: bool = False,  # damage: mux every packet with pts := dts
                 container_options: dict | None = None,  # muxer options, e.g. {'movflags': 'faststart'}
+                times=None,  # presentation time of each frame in seconds (default k / fps): a variable frame rate
+                rotation: int = 0,  # display matrix: a player turns the stored frames this many degrees counter-clockwise
                 **options,  # encoder options, e.g. crf=18, bf=2, g=30
                ) -> Path:
     "Write RGB `frames` to `path` with PyAV; returns the path."
@@ -138,11 +141,14 @@ def write_video(path: str | Path,  # output file; the container follows the suff
     T, H, W, _ = frames.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     pix_fmt = pix_fmt or {'mjpeg': 'yuvj444p', 'ffv1': 'yuv444p'}.get(codec, 'yuv420p')
+    pts = None if times is None else _time_stamps(path, times, T, fps)
     muxer = {'fflags': '+bitexact', **(container_options or {})}  # bitexact: no random ids or dates, same bytes every run
     with av.open(str(path), 'w', options=muxer) as out:
         stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
         if bit_rate: stream.bit_rate = bit_rate
+        if pts is not None: stream.codec_context.time_base = pts[1]
+        if rotation: stream.set_display_rotation(rotation)
         stream.options = {k: str(v) for k, v in options.items()}
         shift = None
         def mux(packets):
@@ -152,22 +158,36 @@ def write_video(path: str | Path,  # output file; the container follows the suff
                     if shift is None: shift = -p.dts
                     p.dts = p.dts + shift; p.pts = p.dts
                 out.mux(p)
-        for f in frames: mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')))
+        for k, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')
+            if pts is not None: vf.pts, vf.time_base = pts[0][k], pts[1]
+            mux(stream.encode(vf))
         mux(stream.encode())
     return path
+
+def _time_stamps(path, times, T, fps):
+    "Integer pts of `times` (seconds) and their time base: 1/fps slots in AVI (which has no timestamps), 1/90000 s elsewhere."
+    t = np.asarray(times, np.float64)
+    if t.shape != (T,) or (np.diff(t) <= 0).any(): raise ValueError(f'{path}: times must be {T} increasing seconds')
+    avi = path.suffix.lower() == '.avi'
+    tb = Fraction(1, int(fps)) if avi else Fraction(1, 90000)
+    pts = np.round(t / float(tb)).astype(np.int64)
+    if avi and not np.allclose(pts * float(tb), t, atol=1e-6): raise ValueError(f'{path}: AVI times must be multiples of 1/{int(fps)} s')
+    return pts.tolist(), tb
 
 # %% ../nbs/01_samples.ipynb #2f4ebcf4
 def write_overcounted_mp4(path: str | Path,  # output .mp4
                           frames,  # uint8 [T, H, W, 3]
                           fps: float,
                           extra: int = 5,  # picture-less packets appended: the container counts T + extra frames
+                          **options,  # more libx264 options, e.g. g=10
                          ) -> Path:
     "Write an H.264 mp4 whose container over-reports its frame count by `extra` (decode yields T frames)."
     path, frames = Path(path), np.asarray(frames.cpu() if hasattr(frames, 'cpu') else frames)
     with av.open(str(path), 'w', options={'fflags': '+bitexact'}) as out:
         s = out.add_stream('libx264', rate=Fraction(fps).limit_denominator(1001))
         s.height, s.width, s.pix_fmt = *frames.shape[1:3], 'yuv420p'
-        s.options = dict(bf='0', crf='18', threads='1')
+        s.options = dict(bf='0', crf='18', threads='1', **{k: str(v) for k, v in options.items()})
         packets = [p for f in frames for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'))]
         packets += list(s.encode())
         step = packets[-1].pts - packets[-2].pts
@@ -235,3 +255,143 @@ def samples_cli(argv: list[str] | None = None):
     args = ap.parse_args(argv)
     for e in make_samples(args.out, args.seed):
         print(f"{e['file']:24s} {e['codec']:6s} {e['fps']:3d} fps {e['width']}x{e['height']} {e['frames']} frames")
+
+# %% ../nbs/01_samples.ipynb #4a6f188a
+_USER_DATA = b'\x00\x00\x01\xb2'  # MPEG-4 part 2 start codes: user data, and a VOP (one picture)
+_VOP = b'\x00\x00\x01\xb6'
+
+def _vop_type(b: bytes) -> int:
+    "Coding type of the first picture in an MPEG-4 part 2 packet: 0 I, 1 P, 2 B, 3 S."
+    return b[b.index(_VOP) + 4] >> 6
+
+def _not_coded_vop(b: bytes, time_bits: int) -> bytes:
+    "A 'not coded' P-VOP with the timestamp of the picture in `b`: the placeholder of a packed stream."
+    i = b.index(_VOP) + 4
+    bits = ''.join(f'{x:08b}' for x in b[i:i + 8])
+    j = 2
+    while bits[j] == '1': j += 1  # modulo_time_base: ones, then a zero
+    head = '01' + bits[2:j + 1] + '1' + bits[j + 2:j + 2 + time_bits] + '1' + '0'  # P, same time, markers, vop_coded = 0
+    head += '0' + '1' * ((-len(head) - 1) % 8)  # stuffing up to the next byte
+    return _VOP + int(head, 2).to_bytes(len(head) // 8, 'big')
+
+def write_packed_bframes_avi(path: str | Path,  # output .avi
+                             frames,  # uint8 [T, H, W, 3]
+                             fps: int,  # an integer frame rate
+                             gop: int = 12,  # keyframe interval
+                             bit_rate: int = 400_000,
+                            ) -> Path:
+    "Write an Xvid-style AVI with packed B-frames: chunks [P+B1] [B2] [not-coded placeholder], DivX user data ending in 'p'."
+    path, frames = Path(path), np.asarray(frames.cpu() if hasattr(frames, 'cpu') else frames)
+    T, H, W, _ = frames.shape
+    enc = av.CodecContext.create('mpeg4', 'w')
+    enc.width, enc.height, enc.pix_fmt, enc.bit_rate = W, H, 'yuv420p', bit_rate
+    enc.time_base, enc.framerate = Fraction(1, fps), Fraction(fps)
+    enc.options = dict(bf='2', flags='+cgop+bitexact', sc_threshold='1000000000', g=str(gop))  # B-frames, closed GOPs
+    raw = []
+    for k, f in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'); vf.pts = k
+        raw += enc.encode(vf)
+    raw += enc.encode(None)
+    divx = _USER_DATA + b'DivX503b1393p'
+    chunks, i = [], 0  # (bytes, keyframe), one per shown frame
+    while i < len(raw):
+        j = i + 1
+        while j < len(raw) and _vop_type(bytes(raw[j])) == 2: j += 1  # the B-frames shown before anchor i
+        x, bs, key = bytes(raw[i]), [bytes(q) for q in raw[i + 1:j]], raw[i].is_keyframe
+        if key: x = x.replace(_VOP, divx + _VOP, 1)
+        if not bs: chunks.append((x, key))
+        else: chunks += [(x + bs[0], key), *[(b, False) for b in bs[1:]], (_not_coded_vop(x, (fps - 1).bit_length()), False)]
+        i = j
+    with av.open(str(path), 'w', options={'fflags': '+bitexact'}) as out:
+        s = out.add_stream('mpeg4', rate=fps)
+        s.width, s.height, s.pix_fmt, s.codec_tag = W, H, 'yuv420p', 'XVID'
+        head = bytes(raw[0])
+        s.codec_context.extradata = head[:head.index(_VOP)] + divx  # the stream headers, with the DivX user data
+        for k, (b, key) in enumerate(chunks):
+            q = av.Packet(b)
+            q.stream, q.time_base, q.pts, q.dts, q.duration, q.is_keyframe = s, Fraction(1, fps), k, k, 1, key
+            out.mux(q)
+    return path
+
+# %% ../nbs/01_samples.ipynb #cd502d42
+def write_edit_list_mp4(path: str | Path,  # output .mp4
+                        frames,  # uint8 [T, H, W, 3]: the first `lead` are the hidden lead-in
+                        fps: int,
+                        lead: int,  # frames before the edit list's start: stored and decoded, never shown
+                        **options,  # libx264 options
+                       ) -> Path:
+    "Write an H.264 mp4 whose edit list starts `lead` frames in, as a stream-copy cut does: T packets, T - lead frames."
+    path, frames = Path(path), np.asarray(frames.cpu() if hasattr(frames, 'cpu') else frames)
+    with av.open(str(path), 'w', options={'fflags': '+bitexact'}) as out:
+        s = out.add_stream('libx264', rate=fps)
+        s.height, s.width, s.pix_fmt = *frames.shape[1:3], 'yuv420p'
+        s.options = {'crf': '18', 'threads': '1', **{k: str(v) for k, v in options.items()}}
+        packets = [p for f in frames for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'))]
+        for p in packets + list(s.encode()):  # time base 1/fps: the lead-in goes before time 0, so the muxer writes an edit list
+            p.pts, p.dts = p.pts - lead, p.dts - lead
+            out.mux(p)
+    return path
+
+# %% ../nbs/01_samples.ipynb #a6ea1c0d
+def cut_mid_packet(src: str | Path,  # a complete video
+                   dst: str | Path,  # where the cut copy goes
+                   frac: float = .5,  # cut about this far into the video packets
+                  ) -> tuple[Path, int]:
+    "Copy `src` cut off in the middle of a video packet, as an interrupted download is; returns `(dst, frames left whole)`."
+    with av.open(str(src)) as c: pk = [(p.pos, p.size, p.pts) for p in c.demux(video=0) if p.size]
+    i = max(1, int(len(pk) * frac))
+    if None not in [q[2] for q in pk]:  # the packets before the cut must hold the first frames shown
+        while i < len(pk) - 1 and max(q[2] for q in pk[:i]) > min(q[2] for q in pk[i:]): i += 1
+    dst = Path(dst)
+    dst.write_bytes(Path(src).read_bytes()[:pk[i][0] + pk[i][1] // 2])
+    return dst, i
+
+# %% ../nbs/01_samples.ipynb #de85eb90
+def _hard_case_frames(T: int, H: int, W: int, seed: int, first: int = 0) -> np.ndarray:
+    "A scene whose frame k shows code (k - first) mod 256: the frames before `first` are a hidden lead-in."
+    v = render_scene(T, H, W, texture='checker', palette=((50, 70, 100), (170, 190, 220)),
+                     objects=[('disc', (230, 60, 40)), ('square', (240, 220, 40))], seed=seed, index_code=False)
+    for k in range(T): draw_index_code(v[k], (k - first) % 256)
+    return v
+
+def make_hard_cases(out_dir: str | Path,  # folder to write into
+                    seed: int = 0,
+                   ) -> list[dict]:
+    "Write one small video per real-world trap for `pal.video` (frame k shows code k); returns what each must read as."
+    out, rng = Path(out_dir), np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    H, W, cases = 48, 64, []
+    def add(name, frames, times, seek, why='', problem='', rotation=0, usable=True, what=''):
+        cases.append(dict(file=name, frames=frames, times=None if times is None else [float(t) for t in times], seek=seek,
+                          why=why, problem=problem, rotation=rotation, usable=usable, what=what))
+    write_packed_bframes_avi(out / 'packed_bframes.avi', _hard_case_frames(60, H, W, seed), 25)
+    add('packed_bframes.avi', 60, np.arange(60) / 25, False, why='packed B-frames', what='Xvid AVI, packed B-frames')
+    write_edit_list_mp4(out / 'edit_list.mp4', _hard_case_frames(60, H, W, seed + 1, first=12), 25, lead=12, g=25)
+    add('edit_list.mp4', 48, np.arange(48) / 25, True, what='mp4 whose edit list hides a 12-frame lead-in')
+    t = np.cumsum(np.r_[0, rng.choice([1, 1, 2, 3], 47)]) / 30  # 1 to 3 thirtieths of a second apart
+    write_video(out / 'vfr.mp4', _hard_case_frames(48, H, W, seed + 2), 30, times=t, crf=18, g=12, threads=1)
+    add('vfr.mp4', 48, t, True, what='H.264 mp4, variable frame rate')
+    t = np.cumsum(np.r_[0, rng.choice([1, 1, 1, 4], 39)]) / 15
+    write_video(out / 'vfr_header.avi', _hard_case_frames(40, H, W, seed + 3), 15, 'mpeg4', times=t, bit_rate=400_000)
+    add('vfr_header.avi', 40, t, True, what='AVI with dropped frames: the header counts empty slots')
+    full = write_video(out / 'full.avi', _hard_case_frames(72, H, W, seed + 4), 12, 'mpeg4', bit_rate=400_000, g=12)
+    _, n = cut_mid_packet(full, out / 'cut.avi', .5); full.unlink()
+    add('cut.avi', n, np.arange(n) / 12, True, problem='cut short', what='AVI cut in the middle of a packet')
+    full = write_video(out / 'full.mp4', _hard_case_frames(72, H, W, seed + 5), 24, crf=18, g=12, threads=1,
+                       container_options={'movflags': 'faststart'})
+    _, n = cut_mid_packet(full, out / 'cut_faststart.mp4', .5)
+    add('cut_faststart.mp4', n, np.arange(n) / 24, True, problem='cut short', what='mp4 (index in front) cut in a packet')
+    full = write_video(full, _hard_case_frames(72, H, W, seed + 5), 24, crf=18, g=12, threads=1)  # index at the end
+    (out / 'cut_no_index.mp4').write_bytes(full.read_bytes()[:full.stat().st_size // 2]); full.unlink()
+    add('cut_no_index.mp4', 0, None, False, usable=False, problem='not a readable video', what='mp4 cut before its index: nothing usable')
+    full = write_video(out / 'full.mkv', _hard_case_frames(72, H, W, seed + 6), 24, crf=18, g=12, threads=1)
+    _, n = cut_mid_packet(full, out / 'cut.mkv', .5); full.unlink()
+    add('cut.mkv', n, np.arange(n) / 24, True, problem='cut short', what='Matroska cut in a packet (drops it silently)')
+    shown = _hard_case_frames(30, H, W, seed + 7)
+    write_video(out / 'rotated.mp4', np.rot90(shown, 1, axes=(1, 2)), 15, rotation=-90, crf=18, g=10, threads=1)
+    add('rotated.mp4', 30, np.arange(30) / 15, True, rotation=-90, what='phone video stored sideways, turned by its display matrix')
+    write_video(out / 'pts_eq_dts.mp4', _hard_case_frames(45, H, W, seed + 8), 30, crf=18, bf=2, g=15, threads=1, pts_equal_dts=True)
+    add('pts_eq_dts.mp4', 45, np.arange(45) / 30, False, why='out of order', what='H.264 B-frames muxed with pts = dts')
+    write_overcounted_mp4(out / 'overcounted.mp4', _hard_case_frames(40, H, W, seed + 9), 20, extra=5, g=10)
+    add('overcounted.mp4', 40, np.arange(40) / 20, True, what='mp4 whose index counts 5 frames that do not exist')
+    return cases
