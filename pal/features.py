@@ -243,15 +243,6 @@ def auto_jobs(device: torch.device, cpus: int | None = None) -> int:
     cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()) or 1  # the cores this process may use
     return max(2, _auto_workers(device, False, cpus))  # as many as pal.train's loader workers on CUDA
 
-def _nominal_clock_until_reader_has_times(reader) -> tuple[np.ndarray, float, None]:
-    "TEMPORARY, delete once `pal.video.VideoReader` has `times`: frame k at k / fps; whether the rate is constant is unknown (None)."
-    return np.arange(reader.num_frames) / reader.fps, reader.num_frames / reader.fps, None
-
-def _frame_clock(reader) -> tuple[np.ndarray, float, bool | None]:
-    "The reader's frame times (seconds from the first frame), its duration in seconds and whether its frame rate is constant."
-    if not hasattr(reader, 'times'): return _nominal_clock_until_reader_has_times(reader)
-    return np.asarray(reader.times, dtype=np.float64), float(reader.duration), bool(reader.constant_rate)
-
 def _video_list(videos: Path) -> tuple[list[Path], Path]:
     "The videos of a folder (recursively) or a single file, and the folder names are relative to."
     if videos.is_file(): return [videos], videos.parent
@@ -259,7 +250,8 @@ def _video_list(videos: Path) -> tuple[list[Path], Path]:
     return list_videos(videos), videos
 
 # %% ../nbs/07_features.ipynb #79d305ba
-TIMES_RULE = ("seconds from the video's first frame, from each frame's own timestamp: starts[i] = time of row i's first frame "
+TIMES_RULE = ("seconds from the video's first frame, from each frame's own timestamp (pal.video.VideoReader.times; per video, "
+              "times_from says where those came from): starts[i] = time of row i's first frame "
               "(frame i * feature_stride); ends[i] = time of its last frame plus that frame's display duration (the next row's "
               "start; the video's duration for the last row); times[i] = time at row i's measured feature centre, sampled-frame "
               "position i * clip_len + clip_len * (0.5 + feature_offset) (feature_offset: where a feature looks minus its clip's "
@@ -301,9 +293,10 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
         try:
             with VideoReader(path, size=cfg.decode_hw) as reader:
                 feats = extract_features(encoder, reader, cfg.augment, fs, window, margin, batch)
-                grid, clock = ClipGrid(reader.num_frames, reader.fps, L, fs), _frame_clock(reader)
-            try: spans = row_times(clock[0], clock[1], grid, offset)
-            except ValueError as e: raise VideoError(f'{path}: frame times: {e}') from e
+                grid = ClipGrid(reader.num_frames, reader.fps, L, fs)
+                clock = dict(duration=reader.duration, constant_rate=reader.constant_rate, times_from=reader.info.times_from)
+                try: spans = row_times(reader.times, reader.duration, grid, offset)  # each frame's own time
+                except ValueError as e: raise VideoError(f'{path}: frame times: {e}') from e
             return feats, grid, clock, spans, None
         except VideoError as e: return None, None, None, None, e
     bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
@@ -325,7 +318,7 @@ def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
     return man
 
 def _write_video(out: Path, name: str, path: Path, root: Path, feats: np.ndarray, grid: ClipGrid,
-                 clock: tuple,  # `_frame_clock(reader)`: frame times, duration, constant rate
+                 clock: dict,  # the reader's duration, constant_rate and times_from
                  spans: tuple,  # `row_times(...)`: starts, ends, centres
                  man: dict):
     "Save one video's features and its manifest entry (the manifest is rewritten after every video)."
@@ -333,7 +326,8 @@ def _write_video(out: Path, name: str, path: Path, root: Path, feats: np.ndarray
     starts, ends, centres = ([round(float(t), 6) for t in a] for a in spans)
     _save_npy(out / f'{name}.npy', feats)
     man['videos'][name] = dict(file=os.path.relpath(path, root), features=f'{name}.npy', num_frames=grid.num_frames,
-                               fps=grid.fps, duration=round(clock[1], 6), constant_rate=clock[2], rows=grid.rows, dim=int(feats.shape[1]),
+                               fps=grid.fps, duration=round(float(clock['duration']), 6), constant_rate=bool(clock['constant_rate']),
+                               times_from=clock['times_from'], rows=grid.rows, dim=int(feats.shape[1]),
                                clip_len=L, frame_stride=fs, clip_frames=grid.clip_frames, feature_stride=grid.stride,
                                times=centres, starts=starts, ends=ends)
     _save_json(out / 'manifest.json', man)

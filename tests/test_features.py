@@ -51,7 +51,7 @@ def test_rows_and_times_are_what_the_manifest_claims(extracted):
         assert f.shape == (rows, 128) == (v['rows'], man['dim']) and f.dtype == np.float32
         t, starts, ends = (np.array(v[k]) for k in ('times', 'starts', 'ends'))
         n, fps, dur = info['frames'], info['fps'], info['frames'] / info['fps']  # the samples are constant-rate
-        assert v['duration'] == pytest.approx(dur, abs=2e-3)
+        assert v['duration'] == pytest.approx(dur, abs=2e-3) and v['constant_rate'] is True and v['times_from'] == 'pts'
         np.testing.assert_allclose(starts, np.arange(rows) * 16 / fps, atol=2e-3)  # the time of each row's first frame
         np.testing.assert_allclose(ends, np.minimum(np.arange(1, rows + 1) * 16, n) / fps, atol=2e-3)  # its last frame's end
         np.testing.assert_allclose(t, np.minimum(np.arange(rows) * 16 + 8 - 3, n) / fps, atol=2e-3)  # 3 frames before the clip centres
@@ -332,3 +332,27 @@ def test_row_times_reject_bad_frame_times():
     with pytest.raises(ValueError, match='expected 4 frame times'): row_times(np.arange(5) / 10, 0.5, g)
     with pytest.raises(ValueError, match='non-decreasing'): row_times(np.array([0, 0.2, 0.1, 0.3]), 0.4, g)
     with pytest.raises(ValueError, match='duration'): row_times(np.arange(4) / 10, 0.2, g)
+
+
+def test_manifest_times_of_variable_frame_rate_files_follow_their_timestamps(tmp_path):
+    "A VFR mp4 and an AVI with dropped frames: every row's start, end and centre from the frames' own times, not the nominal rate."
+    from pal.samples import write_video, render_scene
+    rng = np.random.default_rng(0)
+    vids = tmp_path / 'v'
+    t_mp4 = np.cumsum(np.r_[0, rng.choice([1, 1, 2, 6], 79)]) / 30  # 1 to 6 thirtieths of a second apart
+    t_avi = np.cumsum(np.r_[0, rng.choice([1, 1, 1, 4], 59)]) / 15  # an AVI that dropped frames: empty 1/15 s slots
+    write_video(vids / 'phone.mp4', render_scene(80, 32, 32, seed=1), 30, times=t_mp4, crf=23, g=12, threads=1)
+    write_video(vids / 'dropped.avi', render_scene(60, 32, 32, seed=2), 15, 'mpeg4', times=t_avi, bit_rate=200_000)
+    man = extract('random', vids, tmp_path / 'o', progress=False, log=None)
+    d = man['feature_offset']
+    for name, t, fps in [('phone', t_mp4, 30), ('dropped', t_avi, 15)]:
+        v = man['videos'][name]
+        g = ClipGrid(len(t), fps, man['clip_len'], man['frame_stride'])
+        assert (v['num_frames'], v['rows'], v['constant_rate'], v['times_from']) == (len(t), g.rows, False, 'pts')
+        assert 0 < v['duration'] - t[-1] <= 6 / fps  # the last frame's display time is the file's to say: short
+        starts, ends, centres = row_times(t, v['duration'], g, d)  # the truth, from the timestamps we wrote
+        clip = ends - starts  # seconds each row spans
+        for k, want in [('starts', starts), ('ends', ends), ('times', centres)]:
+            assert np.all(np.abs(np.array(v[k]) - want) <= 0.01 * clip + 1e-4), k  # within 1 % of a clip (timestamp rounding)
+        nominal = g.times()  # what (i * stride + clip_frames / 2) / fps said
+        assert nominal[-1] < 0.6 * centres[-1]  # the nominal rate would put the last row far too early
