@@ -142,7 +142,7 @@ def write_video(path: str | Path,  # output file; the container follows the suff
     path.parent.mkdir(parents=True, exist_ok=True)
     pix_fmt = pix_fmt or {'mjpeg': 'yuvj444p', 'ffv1': 'yuv444p'}.get(codec, 'yuv420p')
     pts = None if times is None else _time_stamps(path, times, T, fps)
-    muxer = {'fflags': '+bitexact', **(container_options or {})}  # bitexact: no random ids or dates, same bytes every run
+    muxer = {'fflags': '+bitexact', **(container_options or {})}  # bitexact: no random ids or dates in the container
     with av.open(str(path), 'w', options=muxer) as out:
         stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt

@@ -46,7 +46,7 @@ def _open(path: Path):
     if path.stat().st_size == 0: raise VideoError(f'{path}: empty file (0 bytes)')
     try: c = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise VideoError(f'{path}: not a readable video ({type(e).__name__}: {e})') from None
+        raise VideoError(f'{path}: not a readable video ({type(e).__name__}: {getattr(e, "strerror", None) or e})') from None
     if not c.streams.video:
         c.close(); raise VideoError(f'{path}: no video stream')
     return c, c.streams.video[0]
@@ -209,7 +209,7 @@ def _save(ident: tuple, info: VideoInfo, tab: FrameTable):
         f.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=f.parent, suffix='.tmp')
         with os.fdopen(fd, 'wb') as out:
-            np.savez(out, meta=np.array(json.dumps(meta)), pts=np.array([p or 0 for p in tab.pts], np.int64),
+            np.savez_compressed(out, meta=np.array(json.dumps(meta)), pts=np.array([p or 0 for p in tab.pts], np.int64),
                      has_pts=np.array([p is not None for p in tab.pts]), keys=np.array(tab.keys, np.int64), times=np.array(tab.times))
         os.replace(tmp, f)
     except OSError as e:
@@ -233,7 +233,7 @@ def _load(ident: tuple) -> tuple[VideoInfo, FrameTable] | None:
 
 # %% ../nbs/00_video.ipynb #3e7a0b64
 _TABLES: dict = {}  # file identity -> (VideoInfo, FrameTable), in this process
-_MAX_TABLES = 4096
+_MAX_TABLES = 256  # about 30 MB for 256 one-minute videos; older tables are read back from disk (about a ms)
 
 def _lookup(path: Path) -> tuple[VideoInfo, FrameTable]:
     "The table of `path`: from this process's memory, else the disk cache, else one full decode (then remembered in both)."
@@ -390,7 +390,7 @@ class VideoReader:
                 ):
         if mode not in ('auto', 'decord', 'exact'): raise ValueError(f'unknown mode {mode!r}')
         self.path, self.size = Path(path), None if size is None else tuple(size)
-        self.info, self._tab = _lookup(self.path)
+        self.info = _lookup(self.path)[0]  # the table itself is looked up when needed: readers of many files stay small
         for problem in self.info.problems: warnings.warn(f'{self.path}: {problem}', VideoWarning, stacklevel=2)
         self.mode = 'exact'
         if mode == 'decord':
@@ -405,7 +405,7 @@ class VideoReader:
     @property
     def times(self) -> np.ndarray:
         "Presentation time of each frame in seconds from frame 0, float64 `[num_frames]`."
-        if self._times is None: self._times = np.asarray(self._tab.times, np.float64)
+        if self._times is None: self._times = np.asarray(frame_table(self.path).times, np.float64)
         return self._times
 
     def __repr__(self):
@@ -487,10 +487,10 @@ class VideoCheck:
     def line(self, name: str | None = None) -> str:
         "One line of text: status, name, facts, read path and problems."
         name = name or self.path
-        if not self.usable: return f'SKIP  {name}: {self.reason}'
+        if not self.usable: return f'SKIP  {name}  {self.reason}'
         rate = f'{self.fps:g} fps ' + ('const' if self.constant_rate else f'VFR (mean {self.mean_fps:.3g})')
         how = self.read + (f': {self.read_why}' if self.read_why else '')
-        return (f'{"warn" if self.warnings else "ok":5s} {name}  {self.frames} fr  {self.duration:.2f} s  {rate}  '
+        return (f'{"warn" if self.warnings else "ok":5s} {name}  {self.frames:5d} fr  {self.duration:7.2f} s  {rate}  '
                 f'{self.width}x{self.height}  {self.codec}  {how}' + ''.join(f'  | {w}' for w in self.warnings))
 
 def check_video(path: str | Path,
@@ -544,10 +544,12 @@ def probe_cli(argv: list[str] | None = None) -> int:
                    frames=sum(c.frames for c in good), hours=sum(c.duration for c in good) / 3600, cache=str(cache_dir()))
     if args.json: print(json.dumps(dict(videos=[asdict(c) for c in checks], summary=summary), indent=1))
     else:
-        for c, (_, name) in zip(checks, files): print(c.line(name))
+        w = max((len(n) for _, n in files), default=0)
+        for c, (_, name) in zip(checks, files): print(c.line(name.ljust(w)))
+        h = summary['hours']
         print(f"{summary['usable']} of {summary['videos']} videos usable ({summary['unusable']} skipped, {summary['warned']} with warnings, "
               f"{summary['from_start']} read from the start on every access, {summary['variable_rate']} with a variable frame rate): "
-              f"{summary['frames']} frames, {summary['hours']:.2f} h. Frame tables cached in {summary['cache']}")
+              f"{summary['frames']} frames, {f'{h:.1f} h' if h >= 1 else f'{60 * h:.1f} min'}. Frame tables cached in {summary['cache']}")
     if not good: print('pal-probe: no usable video' + ('' if checks else ' (none found)'), file=sys.stderr)
     return 0 if good else 1
 

@@ -430,7 +430,7 @@ def test_resize_gives_requested_size_and_same_content(name, size, reference):
 
 # -- more containers --------------------------------------------------------------------------
 
-EXT_KINDS = {'.m4v': ('libx264', {}), '.mpg': ('mpeg1video', dict(bit_rate=800_000)), '.mpeg': ('mpeg2video', dict(bit_rate=800_000, bf=2)),
+EXT_KINDS = {'.mov': ('libx264', {}), '.m4v': ('libx264', {}), '.mpg': ('mpeg1video', dict(bit_rate=800_000)), '.mpeg': ('mpeg2video', dict(bit_rate=800_000, bf=2)),
              '.ts': ('libx264', {}), '.m2ts': ('libx264', {}), '.3gp': ('libx264', {}), '.ogv': ('libvpx', dict(bit_rate=1_000_000)),
              '.flv': ('flv', dict(bit_rate=800_000)), '.wmv': ('wmv2', dict(bit_rate=800_000))}
 
@@ -599,9 +599,10 @@ def test_window_starts_property(n, window, stride, cover):
     ('mpeg4_bframes.mp4', dict(codec='mpeg4', bit_rate=400_000, bf=2, g=20), True),  # open GOP
     ('h264_bframes.avi', dict(codec='libx264', crf=18, bf=2, g=20), False),  # AVI: labels in decode order
     ('h264_bframes.mkv', dict(codec='libx264', crf=18, bf=3, g=20), True),
+    ('hevc_open_gop.mp4', {'codec': 'libx265', 'x265-params': 'keyint=20:min-keyint=20:open-gop=1:log-level=error'}, True),
 ])
 def test_other_stream_kinds_are_exact(tmp_path, name, kw, seek):
-    "Open-GOP MPEG-4 (decord lands 2 frames late near keyframes) and H.264 B-frames in AVI: exact too."
+    "Open-GOP MPEG-4 and HEVC (frames shown before their keyframe) and H.264 B-frames in AVI: exact too."
     p = write_video(tmp_path / name, render_scene(60, 48, 64, seed=4), 25, **kw)
     ref = sequential_decode(p)
     r = VideoReader(p)
