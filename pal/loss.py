@@ -10,7 +10,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import torch.distributed as dist
-from .encoder import Encoder, region_pool, region_align
+from .encoder import Encoder, region_pool, region_align, feature_offset
 
 # %% auto #0
 __all__ = ['gather_features', 'rank_offset', 'info_nce', 'symmetric_info_nce', 'ProjectionHead', 'MoCo', 'shuffle_groups',
@@ -204,14 +204,16 @@ def frame_weights(encoder: Encoder,
                   n_clips: int,  # clips in the video
                   bins: int = 4,  # RoIAlign bins per region, as in PAL
                   size: int = 16,  # pixels of the probe video (time is what matters)
+                  offset: float | None = None,  # pooling offset in clips, as in PAL; None: `feature_offset(encoder)`
                  ) -> Tensor:  # [M, n_clips * clip_len], rows sum to 1
     "How much each input frame weighs in each span's pooled feature, for the linearised encoder (the architecture, not the weights)."
+    offset = feature_offset(encoder) if offset is None else offset
     e = _linearised(encoder)
     dev = next(e.parameters()).device
     x = torch.ones(n_clips, 3, n_clips * encoder.clip_len, size, size, device=dev, requires_grad=True)
     with torch.enable_grad(): e(x).diagonal(dim1=0, dim2=2).sum().backward()  # row j: the gradient of clip j's feature
     W = x.grad.sum((1, 3, 4))  # [n_clips, T] weight of each frame in each clip feature
-    A = region_pool(torch.eye(n_clips, device=dev).expand(len(spans), n_clips, n_clips), spans.float().to(dev), bins)  # [M, n_clips]
+    A = region_pool(torch.eye(n_clips, device=dev).expand(len(spans), n_clips, n_clips), spans.float().to(dev), bins, offset=offset)  # [M, n_clips]
     w = A @ W
     return (w / w.sum(1, keepdim=True)).cpu()
 
@@ -222,16 +224,19 @@ def background_gap(encoder: Encoder,
                    tol: float = 0.02,  # largest share of a background piece's input allowed to come from the paste side
                    step: float = 0.25,  # resolution of the answer, in clips
                    max_gap: float = 4.0,  # give up beyond this many clips
+                   offset: float | None = None,  # pooling offset in clips, as in PAL; None: `feature_offset(encoder)`
                   ) -> float:
     "Smallest gap (clips) between a paste and a 1-clip background piece for which the piece takes at most `tol` of its input from the paste side."
-    cl = encoder.clip_len
+    cl, k = encoder.clip_len, math.ceil(max_gap) + 2
     gaps = torch.arange(0, max_gap + 1e-9, step)
-    n = 3 + math.ceil(max_gap) + 5  # room on both sides, so that the video's ends play no part
-    ends = 3 + torch.arange(cl) / cl  # the paste ends at every frame boundary of clip 3
-    spans = torch.stack([torch.stack([e + gaps, e + gaps + 1], 1) for e in ends])  # [cl, G, 2]
-    w = frame_weights(encoder, spans.view(-1, 2), n, bins).view(cl, len(gaps), -1)
+    n = 2 * k + 2  # a paste edge at every frame boundary of clip k, room on both sides so that the video's ends play no part
+    edges = k + torch.arange(cl) / cl
+    after = torch.stack([torch.stack([e + gaps, e + gaps + 1], 1) for e in edges])  # [cl, G, 2]: pieces after a paste ending at e
+    before = torch.stack([torch.stack([e - gaps - 1, e - gaps], 1) for e in edges])  # pieces before a paste starting at e
+    w = frame_weights(encoder, torch.cat([after, before]).view(-1, 2), n, bins, offset=offset).view(2, cl, len(gaps), -1)
     t = torch.arange(n * cl)
-    share = torch.stack([w[i][:, t < i + 3 * cl].sum(-1) for i in range(cl)]).amax(0)  # [G] worst case over the end
+    share = torch.stack([torch.stack([w[0, i][:, t < i + k * cl].sum(-1), w[1, i][:, t >= i + k * cl].sum(-1)])
+                         for i in range(cl)]).amax((0, 1))  # [G]: the worst side and edge
     ok = (share <= tol).nonzero()
     if not len(ok): raise ValueError(f"background_gap: {encoder.backbone} ({encoder.mode}, clip_len {cl}) still leaks "
                                      f"{share[-1]:.1%} at a gap of {max_gap} clips; pass bg_gap= explicitly")
@@ -324,12 +329,14 @@ class PAL(ContrastiveObjective):
                  bg_gap: float | None = None,  # clips left out between a paste and its background pieces; None: `background_gap(encoder)`
                  mask_region_bins: bool = True,  # dense: the other bins of a region are not its negatives
                  shuffle_bn: bool = True,  # MoCo: keys normalised in other BatchNorm groups than their queries
-                 bn_groups: int = 2):  # MoCo with shuffle-BN in one process: BatchNorm groups per batch
+                 bn_groups: int = 2,  # MoCo with shuffle-BN in one process: BatchNorm groups per batch
+                 offset: float | None = None):  # clips from a clip's centre to where its feature looks, for pooling; None: `feature_offset(encoder)`
         super().__init__(encoder, dim, hidden_dim, temperature, moco, queue_size, momentum, shuffle_bn, bn_groups)
         if align not in ('pooled', 'dense'): raise ValueError(f"align must be 'pooled' or 'dense', got {align!r}")
         self.bins, self.align, self.mask_region_bins = bins, align, mask_region_bins
         self.background_negatives, self.min_background = background_negatives, min_background
-        if bg_gap is None: bg_gap = background_gap(encoder, bins) if background_negatives else 0.0
+        self.offset = feature_offset(encoder) if offset is None else float(offset)
+        if bg_gap is None: bg_gap = background_gap(encoder, bins, offset=self.offset) if background_negatives else 0.0
         if bg_gap < 0: raise ValueError(f"bg_gap must be >= 0, got {bg_gap}")
         self.bg_gap = float(bg_gap)
 
@@ -339,12 +346,12 @@ class PAL(ContrastiveObjective):
         if spans is None or spans.shape != (B, 2, 2): raise ValueError(f"PAL needs spans [B, 2, 2] for x {tuple(x.shape)}, got {None if spans is None else tuple(spans.shape)}")
         f = encoder(x.flatten(0, 1))  # [2B, C, N]
         s = spans.reshape(2 * B, 2).to(f.device)
-        if self.align == 'pooled': z = head(region_pool(f, s, self.bins)).view(B, 2, -1)  # [B, 2, D]
-        else: z = head(region_align(f, s, self.bins).transpose(1, 2)).view(B, 2, self.bins, -1)  # [B, 2, K, D]
+        if self.align == 'pooled': z = head(region_pool(f, s, self.bins, offset=self.offset)).view(B, 2, -1)  # [B, 2, D]
+        else: z = head(region_align(f, s, self.bins, offset=self.offset).transpose(1, 2)).view(B, 2, self.bins, -1)  # [B, 2, K, D]
         if not self.background_negatives: return z, None, None
         bg, valid = background_spans(s, f.shape[-1], self.min_background, self.bg_gap)  # [2B, 2, 2], [2B, 2]
         rows = torch.arange(2 * B, device=f.device).repeat_interleave(2)
-        h = head(region_pool(f, bg.view(-1, 2), self.bins, index=rows))  # [4B, D]
+        h = head(region_pool(f, bg.view(-1, 2), self.bins, index=rows, offset=self.offset))  # [4B, D]
         return z, h.view(B, 4, -1), valid.view(B, 4)  # both videos' backgrounds, for both directions
 
 
