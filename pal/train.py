@@ -30,9 +30,9 @@ from .loss import ContrastiveObjective, PAL, VideoContrast
 __all__ = ['METHODS', 'RUN_FILES', 'LOG_COLUMNS', 'RESUMABLE', 'TrainConfig', 'TrainingError', 'VideoSource', 'CachedVideo',
            'probe_videos', 'derive_seed', 'batch_videos', 'window_bank', 'Item', 'PalDataset', 'Batch', 'collate',
            'StepSampler', 'make_loader', 'make_inputs', 'to_channels_last', 'build_objective', 'lr_factor',
-           'make_optimizer', 'make_scheduler', 'save_checkpoint', 'load_checkpoint', 'load_encoder', 'read_log',
-           'plot_log', 'resolve_device', 'Run', 'fit', 'sample_figure', 'save_figures', 'pretrain_parser',
-           'config_from_args', 'pretrain_cli']
+           'extended_lr_factor', 'restart_warmup', 'make_optimizer', 'make_scheduler', 'save_checkpoint',
+           'load_checkpoint', 'load_encoder', 'read_log', 'plot_log', 'resolve_device', 'Run', 'fit', 'sample_figure',
+           'save_figures', 'pretrain_parser', 'config_from_args', 'pretrain_cli']
 
 # %% ../nbs/06_training.ipynb #ebe96c5d
 def _field_docs(cls) -> dict[str, str]:
@@ -78,11 +78,17 @@ class TrainConfig:
     proj_dim: int = 128  # projection head output dimension
     proj_hidden: int | None = None  # projection head hidden dimension; None: the encoder's output channels
     bins: int = 4  # RoIAlign bins per region
+    region_offset: float | None = None  # clips from a clip's centre to where its feature looks, for region pooling; None: measured (pal.encoder.feature_offset); 0: nominal centres
     align: str = 'pooled'  # 'pooled': one vector per region; 'dense': bin-by-bin alignment (needs --same-region)
+    mask_region_bins: bool = True  # dense: the other bins of a region are not its negatives (they are near-copies of it)
     background_negatives: bool = False  # the background before/after each paste as extra hard negatives
+    bg_gap: float | None = None  # clips left out between a paste and its background negatives; None: measured from the encoder (pal.loss.background_gap)
     moco: bool = False  # momentum key encoder and a queue of negatives (MoCo v2 style)
     queue_size: int = 4096  # MoCo queue length (negatives kept from earlier steps)
-    moco_momentum: float = 0.99  # MoCo key-encoder momentum
+    moco_momentum: float = 0.99  # MoCo key-encoder momentum (MoCo v3's value; v1/v2 used 0.999)
+    shuffle_bn: bool = True  # MoCo: keys normalised in other BatchNorm groups than their queries (shuffle-BN)
+    bn_groups: int = 2  # MoCo shuffle-BN in one process: BatchNorm groups per batch, 2 samples each at least (under torchrun: the processes)
+    sync_bn: str = 'auto'  # several processes: BatchNorm statistics over all of them (SyncBatchNorm): 'auto' (on CUDA), 'on' (CUDA only) or 'off'
     ckpt_every: int = 50  # save a checkpoint every this many steps (and at the end)
     paste: PasteConfig = field(default_factory=PasteConfig)  # how pseudo actions are cut and pasted
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # crop/flip/colour jitter; its size is set from `size`
@@ -97,6 +103,9 @@ class TrainConfig:
         if self.optimizer not in ('sgd', 'adamw'): raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.align not in ('pooled', 'dense'): raise ValueError(f"align must be 'pooled' or 'dense', got {self.align!r}")
         if self.channels_last not in ('auto', 'on', 'off'): raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {self.channels_last!r}")
+        if self.sync_bn not in ('auto', 'on', 'off'): raise ValueError(f"sync_bn must be 'auto', 'on' or 'off', got {self.sync_bn!r}")
+        if self.bn_groups < 2: raise ValueError(f"bn_groups must be >= 2, got {self.bn_groups}")
+        if self.bg_gap is not None and self.bg_gap < 0: raise ValueError(f"bg_gap must be >= 0 or None, got {self.bg_gap}")
         if self.align == 'dense' and self.method == 'pal' and not self.paste.same_region:
             raise ValueError("align='dense' compares the two regions bin by bin, so both must be the same source span: set same_region")
         for name in ('steps', 'batch_size', 'size', 'ckpt_every', 'min_frames', 'proj_dim', 'bins', 'queue_size'):
@@ -219,13 +228,14 @@ _VIDEOS, _PLAN, _AUGMENT, _RETRY = 0, 1, 2, 3
 # %% ../nbs/06_training.ipynb #36f67f7b
 def batch_videos(seed: int, step: int, n_videos: int, batch_size: int,
                 ) -> tuple[list[int], list[tuple[int, int]]]:
-    "Video numbers used by step `step`: the source of each sample, and its two backgrounds (other sources of the batch)."
+    "Video numbers used by step `step`: the source of each sample, and its two backgrounds (other videos of the step, never the source)."
     if n_videos < 3: raise ValueError(f'need at least 3 videos (a source and two backgrounds), got {n_videos}')
     perm = np.random.default_rng(derive_seed(seed, step, _VIDEOS)).permutation(n_videos).tolist()
-    m = min(batch_size, n_videos)
-    src = [perm[b % n_videos] for b in range(batch_size)]
+    m = max(3, min(batch_size, n_videos))  # the roll runs over m videos: the sources, and a third one for a batch of 2
+    src = [perm[b % m] for b in range(batch_size)]
     bgs = [(perm[(b % m + 1) % m], perm[(b % m + 2) % m]) for b in range(batch_size)]
     return src, bgs
+
 
 # %% ../nbs/06_training.ipynb #6e4e25b4
 def window_bank(video, cfg: PasteConfig, seed: int) -> FrameBank:
@@ -351,9 +361,10 @@ def build_objective(cfg: TrainConfig) -> ContrastiveObjective:
     "The `pal.loss` objective of `cfg.method`, with a fresh encoder (seed the global RNG first for a fixed init)."
     enc = Encoder(cfg.backbone, cfg.mode, cfg.paste.clip_len, width=cfg.width)
     kw = dict(dim=cfg.proj_dim, hidden_dim=cfg.proj_hidden, temperature=cfg.temperature, moco=cfg.moco,
-              queue_size=cfg.queue_size, momentum=cfg.moco_momentum)
+              queue_size=cfg.queue_size, momentum=cfg.moco_momentum, shuffle_bn=cfg.shuffle_bn, bn_groups=cfg.bn_groups)
     if cfg.method == 'video': return VideoContrast(enc, **kw)
-    return PAL(enc, bins=cfg.bins, align=cfg.align, background_negatives=cfg.background_negatives, **kw)
+    return PAL(enc, bins=cfg.bins, align=cfg.align, background_negatives=cfg.background_negatives, bg_gap=cfg.bg_gap,
+               mask_region_bins=cfg.mask_region_bins, offset=cfg.region_offset, **kw)
 
 # %% ../nbs/06_training.ipynb #a1a23294
 def lr_factor(step: int,  # optimizer steps already taken (0 for the first step)
@@ -362,15 +373,36 @@ def lr_factor(step: int,  # optimizer steps already taken (0 for the first step)
     if step < warmup: return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
+def extended_lr_factor(step: int,  # optimizer steps already taken
+                       warmup: int,
+                       segments: Sequence[tuple[int, int]],  # (first step, last step) of each schedule: [(0, steps)], then one per --extend
+                      ) -> float:
+    "Multiplier of a schedule extended by `--extend`: the first segment is `lr_factor`; each later one warms up from the value reached back to 1, then decays to 0 at its end."
+    (s, e), earlier = segments[-1], segments[:-1]
+    if not earlier: return lr_factor(step, warmup, e)
+    if step < s: return extended_lr_factor(step, warmup, earlier)
+    f0, w = extended_lr_factor(s, warmup, earlier), restart_warmup(warmup, s, e)  # where the old schedule was at step s
+    if step - s < w: return f0 + (1 - f0) * (step - s + 1) / w
+    return lr_factor(step - s - w, 0, e - s - w)  # cosine from 1 to 0 at `e`
+
+def restart_warmup(warmup: int, start: int, end: int) -> int:
+    "Warm-up steps of a restart from `start` to `end`: `warmup`, but at most half the new steps."
+    return min(warmup, (end - start) // 2)
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     "SGD with momentum (MoCo v2) or AdamW over the trainable parameters of `model`."
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == 'sgd': return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    "Warm-up then cosine, stepped once per optimizer step."
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig,
+                   segments: Sequence[tuple[int, int]] | None = None,  # see `extended_lr_factor`; None: [(0, cfg.steps)]
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    "Warm-up then cosine (with the restarts of `--extend`), stepped once per optimizer step."
+    segments = [tuple(s) for s in (segments or [(0, cfg.steps)])]
+    if segments[-1][1] != cfg.steps: raise ValueError(f'the last schedule segment {segments[-1]} must end at steps={cfg.steps}')
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: extended_lr_factor(s, cfg.warmup_steps, segments))
+
 
 # %% ../nbs/06_training.ipynb #3eaef5e8
 RUN_FILES = ('checkpoint.pt', 'config.json', 'log.csv', 'loss.png', 'sample.png')  # what a run folder holds
@@ -466,10 +498,53 @@ def _dist_env(device: str) -> tuple[int, int, torch.device, bool]:
     dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
     return rank, world, dev, True
 
+def _use_sync_bn(cfg: TrainConfig, world: int, device: torch.device) -> bool:
+    "Whether BatchNorm becomes SyncBatchNorm: several processes and `sync_bn` 'on', or 'auto' on CUDA; 'on' without CUDA is an error."
+    if world == 1 or cfg.sync_bn == 'off': return False
+    if device.type != 'cuda':
+        if cfg.sync_bn == 'on': raise TrainingError("--sync-bn on: PyTorch's SyncBatchNorm runs on CUDA only, so processes on the CPU (gloo) "
+                                                    "cannot share BatchNorm statistics; use --sync-bn auto or off. Nothing was written.")
+        return False
+    return True
+
+def _bn_plan(cfg: TrainConfig, world: int, sync: bool) -> str:
+    "How BatchNorm statistics are shared in this run (one line for the log); raises if MoCo's shuffle-BN cannot work with this batch."
+    per = cfg.batch_size // world
+    if sync: return f'BatchNorm statistics over all {world} processes (SyncBatchNorm)' + ('; MoCo keys need no shuffle-BN' if cfg.moco else '')
+    if cfg.moco and cfg.shuffle_bn:
+        need, where = (2, 'per process') if world > 1 else (2 * cfg.bn_groups, f'in {cfg.bn_groups} BatchNorm groups of 2')
+        if per < need: raise TrainingError(f'MoCo with shuffle-BN needs at least {need} samples {where}, got batch_size {cfg.batch_size} '
+                                           f'over {world} process(es); use a larger --batch-size or --no-shuffle-bn. Nothing was written.')
+        if world > 1: return f'BatchNorm statistics per process; MoCo keys computed with shuffle-BN across the {world} processes'
+        return f'MoCo with shuffle-BN: queries and keys in {cfg.bn_groups} BatchNorm groups, arranged differently'
+    if world > 1:
+        why = 'SyncBatchNorm needs CUDA' if cfg.sync_bn == 'auto' else '--sync-bn off'
+        return f'BatchNorm statistics per process ({why}): the two videos of a sample are normalised together, the negatives of other processes are not'
+    return ''
+
+def _resume_schedule(ck: dict, cfg: TrainConfig, start: int, extend: bool, path: Path, say) -> list[tuple[int, int]]:
+    "The schedule segments of a resumed run: the saved ones, plus a warm restart when `--extend` asks for more steps."
+    saved = int(ck['config']['steps'])
+    segments = [tuple(s) for s in ck.get('schedule') or [(0, saved)]]
+    if cfg.steps == saved:
+        if extend: raise TrainingError(f'--extend: give a larger --steps than the {saved} of {path}')
+        return segments
+    jump = (extended_lr_factor(start, cfg.warmup_steps, segments), lr_factor(start, cfg.warmup_steps, cfg.steps))
+    if not extend:
+        raise TrainingError(f'{path} was trained with --steps {saved}, where its schedule ends; resuming with --steps {cfg.steps} would '
+                            f're-stretch the cosine (the learning rate jumping from {jump[0]:.2f} to {jump[1]:.2f} x its peak at step '
+                            f'{start + 1}, without a warm-up). Resume with --steps {saved}, or add --extend to continue with a warm restart.')
+    if cfg.steps <= start: raise TrainingError(f'--extend: --steps {cfg.steps} is not beyond the {start} steps done in {path}')
+    segments.append((start, cfg.steps))
+    w = restart_warmup(cfg.warmup_steps, start, cfg.steps)
+    say(f'extending the run from {saved} to {cfg.steps} steps with a warm restart at step {start}: the learning rate goes from '
+        f'{jump[0]:.2f} x its peak back to the peak ({cfg.lr:g}) over {w} steps, then a cosine to 0 at step {cfg.steps}')
+    return segments
+
 def _check_resume(saved: dict, cfg: TrainConfig, path: Path):
     "Raise if `cfg` changes something other than the `RESUMABLE` fields of the saved run."
     now = cfg.to_dict()
-    diff = [f'{k} (saved {saved.get(k)!r}, now {now[k]!r})' for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
+    diff = [f'{k} (saved {saved.get(k, "missing")!r}, now {now[k]!r})' for k in now if k not in RESUMABLE and saved.get(k, "missing") != now[k]]
     if diff: raise TrainingError(f'{path} was made with other settings: ' + '; '.join(diff) +
                                  '. Resume with the saved settings, or start a new run.')
 
@@ -502,17 +577,21 @@ def fit(cfg: TrainConfig,
         overwrite: bool = False,  # delete an existing run in RUN_DIR first
         progress: bool = True,  # show a tqdm progress bar
         log=print,  # where messages go (process 0 only); None: silent
+        extend: bool = False,  # resume with a larger `cfg.steps` than the saved run: a warm restart of the schedule
        ) -> Run:
     "Pretrain with `cfg`: the PAL (or video-level) objective, checkpoints, resume, log, figures."
     rank, world, device, own_group = _dist_env(cfg.device)
-    try: return _fit(cfg, resume, overwrite, progress, log if rank == 0 else None, rank, world, device)
+    try: return _fit(cfg, resume, overwrite, progress, log if rank == 0 else None, rank, world, device, extend)
     finally:
         if own_group: dist.destroy_process_group()
 
-def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
+def _fit(cfg, resume, overwrite, progress, log, rank, world, device, extend=False) -> Run:
     say = (lambda msg: log(f'pal-pretrain: {msg}')) if log else (lambda msg: None)
     out = Path(cfg.out); ck_path = out / 'checkpoint.pt'
     if cfg.batch_size % world: raise TrainingError(f'batch_size {cfg.batch_size} is not divisible by the {world} processes')
+    if extend and not resume: raise TrainingError('--extend continues a saved run: use it with --resume')
+    sync = _use_sync_bn(cfg, world, device)
+    bn_plan = _bn_plan(cfg, world, sync)
     existing = [n for n in RUN_FILES if (out / n).exists()]
     if existing and not (resume or overwrite):
         raise TrainingError(f'{out} already holds a run ({", ".join(existing)}); pass --resume to continue it '
@@ -531,21 +610,27 @@ def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
     model = build_objective(cfg).to(device)
     channels_last = cfg.channels_last == 'on' or (cfg.channels_last == 'auto' and device.type == 'cuda')
     if channels_last: model = model.to(memory_format=torch.channels_last_3d)  # the 5-D conv weights; before the optimizer sees them
-    opt, start = make_optimizer(model, cfg), 0
-    sched = make_scheduler(opt, cfg)
+    if sync: model = nn.SyncBatchNorm.convert_sync_batchnorm(model); model.shuffle_bn = False  # global statistics: nothing to shuffle
+    opt, start, segments, ck = make_optimizer(model, cfg), 0, [(0, cfg.steps)], None
     if resume and ck_path.exists():
         ck = load_checkpoint(ck_path, map_location=device)
         _check_resume(ck['config'], cfg, ck_path)
+        start = ck['step']
+        segments = _resume_schedule(ck, cfg, start, extend, ck_path, say)
+    elif extend: raise TrainingError(f'--extend: no checkpoint in {out} to extend')
+    sched = make_scheduler(opt, cfg, segments)
+    if ck is not None:
         model.encoder.load_state_dict(ck['encoder']); model.head.load_state_dict(ck['head'])
         if model.moco is not None: model.moco.load_state_dict(ck['moco'])
         opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
+        for g, base in zip(opt.param_groups, sched.base_lrs): g['lr'] = base * extended_lr_factor(start, cfg.warmup_steps, segments)  # the next step's, as the schedule now says
         torch.set_rng_state(ck['rng']['torch'].cpu())
         if device.type == 'cuda' and ck['rng'].get('cuda') is not None: torch.cuda.set_rng_state(ck['rng']['cuda'].cpu(), device)
-        start = ck['step']
         if [[str(v.path), v.num_frames] for v in good] != ck['videos']:
             say('warning: the usable videos differ from the saved run\'s; the data will differ from an uninterrupted run')
         say(f'resuming {out} at step {start} of {cfg.steps}')
     elif resume: say(f'no checkpoint in {out}: starting at step 0')
+    if bn_plan: say(bn_plan)
     if dist.is_initialized(): dist.barrier()  # every process has checked the folder before process 0 writes to it
     logf = None
     if rank == 0:
@@ -562,7 +647,7 @@ def _fit(cfg, resume, overwrite, progress, log, rank, world, device) -> Run:
     state = lambda step: dict(format='pal-checkpoint-1', step=step, config=cfg.to_dict(),
                               encoder=model.encoder.state_dict(), head=model.head.state_dict(),
                               moco=None if model.moco is None else model.moco.state_dict(),
-                              optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                              optimizer=opt.state_dict(), scheduler=sched.state_dict(), schedule=[list(s) for s in segments],
                               rng=dict(torch=torch.get_rng_state(),
                                        cuda=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None),
                               videos=[[str(v.path), v.num_frames] for v in good], world_size=world)
@@ -659,7 +744,7 @@ def save_figures(run: Run, cfg: TrainConfig, dataset: PalDataset):
 
 # %% ../nbs/06_training.ipynb #482246d0
 _CHOICES = dict(method=METHODS, backbone=BACKBONES, mode=('sequence', 'clip'), optimizer=('sgd', 'adamw'),
-                position=('any', 'inside'), align=('pooled', 'dense'), channels_last=('auto', 'on', 'off'))
+                position=('any', 'inside'), align=('pooled', 'dense'), channels_last=('auto', 'on', 'off'), sync_bn=('auto', 'on', 'off'))
 _SKIP = {'paste', 'augment', 'augment.size', 'augment.mean', 'augment.std'}
 
 def _arg_kind(tp: str) -> tuple:
@@ -693,6 +778,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
                                  'Writes RUN_DIR/checkpoint.pt, config.json, log.csv, loss.png and sample.png.')
     ap.add_argument('--resume', action='store_true', help='continue the run in --out from its checkpoint (from step 0 if it has none)')
     ap.add_argument('--overwrite', action='store_true', help='delete the run in --out and start again')
+    ap.add_argument('--extend', action='store_true', help='with --resume and a larger --steps: continue a run past the end of its '
+                    'schedule with a warm restart (warm-up back to the peak lr, then a cosine to 0 at the new --steps)')
     d = TrainConfig()
     _add_fields(ap.add_argument_group('run, model and optimization'), TrainConfig, d)
     _add_fields(ap.add_argument_group('pasting (pal.sampling.PasteConfig)'), PasteConfig, d.paste, 'paste.')
@@ -703,7 +790,7 @@ def config_from_args(args: dict, ap: argparse.ArgumentParser | None = None) -> T
     "A `TrainConfig` from parsed options: the defaults (or, with --resume, the saved config.json) updated by the options given."
     err = ap.error if ap else (lambda m: (_ for _ in ()).throw(ValueError(m)))
     args = dict(args)
-    resume = args.pop('resume', False); args.pop('overwrite', None)
+    resume = args.pop('resume', False); args.pop('overwrite', None); args.pop('extend', None)
     if 'out' not in args: err('--out RUN_DIR is required')
     saved = Path(args['out']) / 'config.json'
     if resume and saved.exists():
@@ -722,8 +809,9 @@ def pretrain_cli(argv: Sequence[str] | None = None):
     ap = pretrain_parser()
     args = vars(ap.parse_args(argv))
     if args.get('resume') and args.get('overwrite'): ap.error('--resume and --overwrite exclude each other')
+    if args.get('extend') and not args.get('resume'): ap.error('--extend continues a saved run: use it with --resume')
     cfg = config_from_args(args, ap)
-    try: fit(cfg, resume=args['resume'], overwrite=args['overwrite'])
+    try: fit(cfg, resume=args['resume'], overwrite=args['overwrite'], extend=args['extend'])
     except TrainingError as e:
         if os.environ.get('RANK', '0') == '0': print(f'pal-pretrain: error: {e}', file=sys.stderr)  # once under torchrun
         sys.exit(1)

@@ -7,8 +7,8 @@ import torch
 
 import pal.train as T
 from pal.samples import sample_dir, write_video
-from pal.train import (LOG_COLUMNS, TrainConfig, TrainingError, fit, load_checkpoint, load_encoder, pretrain_cli,
-                       read_log, save_checkpoint)
+from pal.train import (LOG_COLUMNS, TrainConfig, TrainingError, batch_videos, extended_lr_factor, fit, load_checkpoint,
+                       load_encoder, pretrain_cli, read_log, save_checkpoint)
 
 # small and fast: tiny backbone, 32 px, 4 clips of 4 frames, 4 sources per step
 FAST = ['--device', 'cpu', '--batch-size', '4', '--size', '32', '--n-clips', '4', '--clip-len', '4',
@@ -96,6 +96,72 @@ def test_interrupt_between_steps_saves_the_last_one(tmp_path, monkeypatch):
     monkeypatch.setattr(T, 'make_inputs', interrupt_at_2)
     assert cli(tmp_path / 'run', '--steps', '3', '--ckpt-every', '3') == 130
     assert load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')['step'] == 1
+
+
+def test_batch_videos_never_paste_a_source_into_itself():
+    "Every batch size from 2 and every folder of at least 3 videos: the two backgrounds are two other videos (deterministic per step)."
+    for n in range(3, 13):
+        for B in range(2, 13):
+            for step in range(8):
+                src, bgs = batch_videos(0, step, n, B)
+                assert len(src) == len(bgs) == B and (src, bgs) == batch_videos(0, step, n, B)
+                assert all(len({a, *bb}) == 3 and max(a, *bb) < n for a, bb in zip(src, bgs)), (n, B, step)
+    src, bgs = batch_videos(0, 1, 10, 2)  # a batch of 2 takes a third video for the roll
+    assert len(set(src) | {v for bb in bgs for v in bb}) == 3
+    with pytest.raises(ValueError, match='at least 3 videos'): batch_videos(0, 1, 2, 2)
+
+
+def test_resume_with_more_steps_needs_extend(tmp_path, monkeypatch, capsys):
+    "A changed --steps on resume is refused; with --extend the schedule restarts warm, and an extended run resumes exactly."
+    out = tmp_path / 'run'
+    assert cli(out, '--steps', '3') == 0
+    capsys.readouterr()
+    assert cli(out, '--resume', '--steps', '6') == 1  # would re-stretch the cosine: the lr jumping from 0 to 0.85 x peak
+    err = capsys.readouterr().err
+    assert '--extend' in err and 're-stretch' in err and 'from 0.00 to 0.85' in err
+    assert cli(out, '--steps', '6', '--extend') == 2  # --extend without --resume is a usage error
+    assert load_checkpoint(out / 'checkpoint.pt')['step'] == 3  # nothing changed
+    b = tmp_path / 'copy'; shutil.copytree(out, b)
+    assert cli(out, '--resume', '--steps', '6', '--extend') == 0
+    assert 'warm restart at step 3' in capsys.readouterr().out
+    rows, cfg = read_log(out / 'log.csv'), TrainConfig.load(out / 'config.json')
+    segments = [(0, 3), (3, 6)]
+    assert cfg.steps == 6 and load_checkpoint(out / 'checkpoint.pt')['schedule'] == [list(x) for x in segments]
+    assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r['lr'] for r in rows] == pytest.approx([cfg.lr * extended_lr_factor(i, 2, segments) for i in range(6)], rel=1e-5)
+    assert [r['lr'] for r in rows[3:]] == pytest.approx([cfg.lr * f for f in (1.0, 1.0, 0.5)], abs=1e-9)  # 1 warm-up step (half of 3), cosine
+    # the same extension interrupted after step 5 and resumed (no --extend now: config.json says 6): the same weights
+    make_inputs = T.make_inputs
+    def ctrl_c_at_5(batch, *a, **k):
+        if batch.keys[0][0] == 5: signal.raise_signal(signal.SIGINT)
+        return make_inputs(batch, *a, **k)
+    monkeypatch.setattr(T, 'make_inputs', ctrl_c_at_5)
+    assert cli(b, '--resume', '--steps', '6', '--extend') == 130
+    monkeypatch.setattr(T, 'make_inputs', make_inputs)
+    assert cli(b, '--resume') == 0
+    wa, wb = weights(out), weights(b)
+    for k in wa: torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert [r['lr'] for r in read_log(b / 'log.csv')] == pytest.approx([r['lr'] for r in rows], rel=1e-6)
+    assert cli(out, '--resume', '--steps', '6', '--extend') == 1  # nothing to extend
+
+
+def test_batchnorm_plans(tmp_path, capsys):
+    "SyncBatchNorm: on CUDA under torchrun by default, refused on the CPU when forced; MoCo's shuffle-BN needs 2 samples per group."
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    sync = lambda mode, world, dev: T._use_sync_bn(TrainConfig(sync_bn=mode), world, dev)
+    assert [sync('auto', 1, cuda), sync('auto', 2, cuda), sync('off', 2, cuda), sync('on', 2, cuda)] == [False, True, False, True]
+    assert [sync('auto', 2, cpu), sync('off', 2, cpu), sync('on', 1, cpu)] == [False, False, False]
+    with pytest.raises(TrainingError, match='CUDA only'): sync('on', 2, cpu)
+    with pytest.raises(ValueError, match='sync_bn'): TrainConfig(sync_bn='yes')
+    plan = lambda world, **kw: T._bn_plan(TrainConfig(**kw), world, False)
+    assert 'per process' in plan(2) and 'shuffle-BN across the 2 processes' in plan(2, moco=True, batch_size=4)
+    assert plan(1) == '' and '2 BatchNorm groups' in plan(1, moco=True, batch_size=4)
+    with pytest.raises(TrainingError, match='at least 4 samples'): plan(1, moco=True, batch_size=3)
+    with pytest.raises(TrainingError, match='at least 2 samples per process'): plan(2, moco=True, batch_size=2)
+    assert plan(1, moco=True, batch_size=3, shuffle_bn=False) == ''
+    out = tmp_path / 'run'  # refused before anything is written
+    assert cli(out, '--steps', '1', '--moco', '--batch-size', '3') == 1
+    assert 'shuffle-BN' in capsys.readouterr().err and not out.exists()
 
 
 def test_resume_refuses_other_settings(tmp_path, capsys):
