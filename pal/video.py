@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_video.ipynb #9e15c35d
 from __future__ import annotations
-import argparse, bisect, contextlib, hashlib, json, os, re, sys, tempfile, warnings, zipfile
+import argparse, bisect, contextlib, hashlib, json, os, re, sys, tempfile, threading, warnings, zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -234,6 +234,7 @@ def _load(ident: tuple) -> tuple[VideoInfo, FrameTable] | None:
 # %% ../nbs/00_video.ipynb #3e7a0b64
 _TABLES: dict = {}  # file identity -> (VideoInfo, FrameTable), in this process
 _MAX_TABLES = 256  # about 30 MB for 256 one-minute videos; older tables are read back from disk (about a ms)
+_LOCK = threading.Lock()  # readers may be opened from several threads (pal.train checks files in a thread pool)
 
 def _lookup(path: Path) -> tuple[VideoInfo, FrameTable]:
     "The table of `path`: from this process's memory, else the disk cache, else one full decode (then remembered in both)."
@@ -245,9 +246,10 @@ def _lookup(path: Path) -> tuple[VideoInfo, FrameTable]:
     if hit is None:
         hit = _build(path)
         _save(ident, *hit)
-    if ident not in _TABLES:
-        if len(_TABLES) >= _MAX_TABLES: del _TABLES[next(iter(_TABLES))]
-        _TABLES[ident] = hit
+    with _LOCK:
+        if ident not in _TABLES:
+            while len(_TABLES) >= _MAX_TABLES: del _TABLES[next(iter(_TABLES))]  # the oldest
+            _TABLES[ident] = hit
     info, tab = hit
     return (info if info.path == path else replace(info, path=path)), tab
 
@@ -263,7 +265,8 @@ def _no_restart(path: Path, why: str):
     "Remember, here and on disk, that restarting at keyframes does not reproduce the sequential decode of `path`."
     ident = _identity(path)
     info, tab = _TABLES.get(ident) or _lookup(path)
-    _TABLES[ident] = hit = replace(info, seekable=False, why=why), replace(tab, restart=False)
+    hit = replace(info, seekable=False, why=why), replace(tab, restart=False)
+    with _LOCK: _TABLES[ident] = hit
     _save(ident, *hit)
 
 # %% ../nbs/00_video.ipynb #6f47dc78

@@ -347,6 +347,20 @@ def test_one_build_per_file_version(tmp_path, monkeypatch):
     assert len(builds) == 1
 
 
+def test_memory_holds_few_tables_and_disk_the_rest(tmp_path, monkeypatch):
+    "The in-process table cache is bounded; evicted tables come back from disk, not from another decode."
+    monkeypatch.setenv('PAL_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setattr(V, '_MAX_TABLES', 2)
+    paths = [write_video(tmp_path / f'v{i}.mp4', render_scene(10 + i, 48, 64, seed=i), 15, crf=18, threads=1) for i in range(4)]
+    for p in paths: VideoReader(p)
+    assert len(V._TABLES) <= 2
+    builds = []
+    real = V._build
+    monkeypatch.setattr(V, '_build', lambda path: builds.append(path) or real(path))
+    assert [VideoReader(p).num_frames for p in paths] == [10, 11, 12, 13] and builds == []
+    assert [read_index_code(VideoReader(p).get([9])[0]) for p in paths] == [9] * 4
+
+
 def test_damaged_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv('PAL_CACHE_DIR', str(tmp_path / 'cache'))
     p = write_video(tmp_path / 'v.mp4', render_scene(30, 48, 64, seed=0), 15, crf=18, threads=1)
