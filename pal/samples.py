@@ -366,7 +366,7 @@ def make_hard_cases(out_dir: str | Path,  # folder to write into
                           why=why, problem=problem, rotation=rotation, usable=usable, what=what))
     write_packed_bframes_avi(out / 'packed_bframes.avi', _hard_case_frames(60, H, W, seed), 25)
     add('packed_bframes.avi', 60, np.arange(60) / 25, False, why='packed B-frames', what='Xvid AVI, packed B-frames')
-    write_edit_list_mp4(out / 'edit_list.mp4', _hard_case_frames(60, H, W, seed + 1, first=12), 25, lead=12, g=25)
+    write_edit_list_mp4(out / 'edit_list.mp4', _hard_case_frames(60, H, W, seed + 1, first=12), 25, lead=12, g=25, **{'x264-params': 'scenecut=0'})  # keyframes at 0, 25, 50 only: the cut falls in the first GOP
     add('edit_list.mp4', 48, np.arange(48) / 25, True, what='mp4 whose edit list hides a 12-frame lead-in')
     t = np.cumsum(np.r_[0, rng.choice([1, 1, 2, 3], 47)]) / 30  # 1 to 3 thirtieths of a second apart
     write_video(out / 'vfr.mp4', _hard_case_frames(48, H, W, seed + 2), 30, times=t, crf=18, g=12, threads=1)
