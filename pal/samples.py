@@ -150,6 +150,7 @@ def write_video(path: str | Path,  # output file; the container follows the suff
         if pts is not None: stream.codec_context.time_base = pts[1]
         if rotation: stream.set_display_rotation(rotation)
         stream.options = {k: str(v) for k, v in options.items()}
+        if 'threads' in options: stream.codec_context.thread_count = int(options['threads'])  # the option alone leaves FFmpeg's auto threads on: output then varies run to run
         shift = None
         def mux(packets):
             nonlocal shift
@@ -188,6 +189,7 @@ def write_overcounted_mp4(path: str | Path,  # output .mp4
         s = out.add_stream('libx264', rate=Fraction(fps).limit_denominator(1001))
         s.height, s.width, s.pix_fmt = *frames.shape[1:3], 'yuv420p'
         s.options = dict(bf='0', crf='18', threads='1', **{k: str(v) for k, v in options.items()})
+        s.codec_context.thread_count = int(s.options.get('threads', 1))
         packets = [p for f in frames for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'))]
         packets += list(s.encode())
         step = packets[-1].pts - packets[-2].pts
@@ -326,6 +328,7 @@ def write_edit_list_mp4(path: str | Path,  # output .mp4
         s = out.add_stream('libx264', rate=fps)
         s.height, s.width, s.pix_fmt = *frames.shape[1:3], 'yuv420p'
         s.options = {'crf': '18', 'threads': '1', **{k: str(v) for k, v in options.items()}}
+        s.codec_context.thread_count = int(s.options.get('threads', 1))
         packets = [p for f in frames for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24'))]
         for p in packets + list(s.encode()):  # time base 1/fps: the lead-in goes before time 0, so the muxer writes an edit list
             p.pts, p.dts = p.pts - lead, p.dts - lead
