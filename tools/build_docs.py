@@ -1,6 +1,6 @@
 """Build the static documentation site `_docs/` from the notebooks, without Quarto.
 
-Every notebook (nbs/index.ipynb first, then nbs/[0-9]*.ipynb in order; names starting with `_`
+Every notebook (nbs/index.ipynb first, then the course nbs/[0-9]*.ipynb, the appendices nbs/a[0-9]*.ipynb and the reference pages glossary/design; names starting with `_`
 are skipped) is executed the way `nbdev_test` runs it: execnb's CaptureShell, cwd = nbs/, cells
 flagged with a `tst_flags` flag (`#| slow`) or `#| eval: false` skipped. A skipped cell keeps the
 outputs saved in the notebook, marked as such. Then nbconvert's `lab` template renders each
@@ -32,11 +32,15 @@ class Page:
     html: str   # file name of the page inside the docs folder
     title: str  # first `# heading` of the notebook
 
+REFERENCE = ('glossary', 'design')  # reference pages, after the course and the appendices
+
 def list_notebooks(nbs: Path) -> list[Path]:
-    "index.ipynb first, then nbs/[0-9]*.ipynb sorted; names starting with `_` are skipped."
+    "index.ipynb, the course (nbs/[0-9]*.ipynb), the appendices (nbs/a[0-9]*.ipynb), then the reference pages; `_` names skipped."
     idx = nbs/'index.ipynb'
-    rest = sorted(p for p in nbs.glob('[0-9]*.ipynb') if not p.name.startswith('_'))
-    return ([idx] if idx.exists() else []) + rest
+    course = sorted(nbs.glob('[0-9]*.ipynb'))
+    appendices = sorted(nbs.glob('a[0-9]*.ipynb'))
+    ref = [nbs/f'{n}.ipynb' for n in REFERENCE if (nbs/f'{n}.ipynb').exists()]
+    return ([idx] if idx.exists() else []) + [p for p in course + appendices if not p.name.startswith('_')] + ref
 
 def nb_title(path: Path) -> str:
     "The first level-1 markdown heading of a notebook, or its file name."

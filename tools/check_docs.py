@@ -74,7 +74,7 @@ def static_check(docs: Path, nbs: Path) -> tuple[list[str], list[str]]:
                 fails.append(f'{name}: broken link <{tag}> {ref} ({target} does not exist)'); continue
             if target.endswith('.html'):
                 graph[name].add(target)
-                if url.fragment and target in parsed and urllib.parse.unquote(url.fragment) not in parsed[target].ids:
+                if url.fragment and target in parsed and urllib.parse.unquote(url.fragment) not in {urllib.parse.unquote(i) for i in parsed[target].ids}:
                     fails.append(f'{name}: broken anchor <{tag}> {ref} (no id "{url.fragment}" in {target})')
     if 'index.html' in graph:  # everything reachable from the index page
         seen, todo = {'index.html'}, ['index.html']
