@@ -47,6 +47,8 @@ def _tuples(d: dict) -> dict:
 
 # %% ../nbs/06_training.ipynb #023f5658
 METHODS = ('pal', 'video')
+_LEGACY = dict(mask_region_bins=False, bg_gap=0.0, region_offset=0.0, shuffle_bn=False, sync_bn='off')  # what runs did before these fields existed
+_LEGACY_PASTE = dict(min_span_clips=0.0)
 
 @dataclass
 class TrainConfig:
@@ -123,9 +125,11 @@ class TrainConfig:
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        "Rebuild a config from `to_dict()` (or parsed JSON); unknown keys are an error."
+        "Rebuild a config from `to_dict()` (or parsed JSON); unknown keys are an error, and a key added since `d` was saved takes the value that reproduces the old behaviour."
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown: raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+        d = {**{k: v for k, v in _LEGACY.items() if k not in d}, **d}
+        if isinstance(d.get('paste'), dict): d['paste'] = {**{k: v for k, v in _LEGACY_PASTE.items() if k not in d['paste']}, **d['paste']}
         return cls(**_tuples(d))
     def save(self, path: str | Path): _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1).encode())
     @classmethod
@@ -543,8 +547,8 @@ def _resume_schedule(ck: dict, cfg: TrainConfig, start: int, extend: bool, path:
 
 def _check_resume(saved: dict, cfg: TrainConfig, path: Path):
     "Raise if `cfg` changes something other than the `RESUMABLE` fields of the saved run."
-    now = cfg.to_dict()
-    diff = [f'{k} (saved {saved.get(k, "missing")!r}, now {now[k]!r})' for k in now if k not in RESUMABLE and saved.get(k, "missing") != now[k]]
+    now, saved = cfg.to_dict(), TrainConfig.from_dict(saved).to_dict()  # a knob added since takes the value the run had
+    diff = [f'{k} (saved {saved[k]!r}, now {now[k]!r})' for k in now if k not in RESUMABLE and saved[k] != now[k]]
     if diff: raise TrainingError(f'{path} was made with other settings: ' + '; '.join(diff) +
                                  '. Resume with the saved settings, or start a new run.')
 

@@ -164,6 +164,26 @@ def test_batchnorm_plans(tmp_path, capsys):
     assert 'shuffle-BN' in capsys.readouterr().err and not out.exists()
 
 
+def test_configs_saved_before_new_knobs_rebuild_as_they_ran(tmp_path):
+    "A config.json without the knobs added since (old runs, the shipped checkpoints) gets the values that reproduce it."
+    d = TrainConfig().to_dict()
+    for k in T._LEGACY: del d[k]
+    del d['paste']['min_span_clips']
+    cfg = TrainConfig.from_dict(d)
+    assert (cfg.region_offset, cfg.bg_gap, cfg.mask_region_bins, cfg.shuffle_bn, cfg.sync_bn, cfg.paste.min_span_clips) == \
+        (0.0, 0.0, False, False, 'off', 0.0)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()  # a complete config is taken as it is
+    out = tmp_path / 'run'  # an old run resumes with its own behaviour
+    assert cli(out, '--steps', '2') == 0
+    ck = load_checkpoint(out / 'checkpoint.pt')
+    old = {k: v for k, v in ck['config'].items() if k not in T._LEGACY}
+    old['paste'] = {k: v for k, v in old['paste'].items() if k != 'min_span_clips'}
+    TrainConfig.from_dict(old).save(out / 'config.json')
+    torch.save({**ck, 'config': old, 'schedule': None}, out / 'checkpoint.pt')
+    assert cli(out, '--resume', '--steps', '3', '--extend') == 0
+    assert TrainConfig.load(out / 'config.json').paste.min_span_clips == 0 and load_checkpoint(out / 'checkpoint.pt')['step'] == 3
+
+
 def test_resume_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / 'run'
     assert cli(out, '--steps', '2') == 0
