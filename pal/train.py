@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_training.ipynb #48dedb50
 from __future__ import annotations
-import argparse, csv, inspect, io, json, math, os, re, signal, sys, threading, time
+import argparse, csv, inspect, io, itertools, json, math, os, re, signal, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 import matplotlib.pyplot as plt
 
-from .video import VideoReader, VideoError, list_videos
+from .video import VideoReader, VideoError, list_videos, check_video
 from .sampling import PasteConfig, PastePlan, sample_plan, bg_indices, stack_spans
 from .paste import (FrameBank, load_bank, collate_banks, paste_batch, AugmentConfig, AugmentParams,
                        sample_augment, apply_augment, denormalize, show_pair)
@@ -180,15 +180,10 @@ class CachedVideo:
         return self.frames[idx]
 
 # %% ../nbs/06_training.ipynb #2cc5b003
-def _check_video(path: Path, size: tuple[int, int], min_frames: int) -> tuple[int | None, str]:
-    "Open `path` at `size`, decode its first and last frame: (frame count, '') or (None, why not)."
-    try:
-        r = VideoReader(path, size=size)
-        if r.num_frames < min_frames: return None, f'too short: {r.num_frames} frames, need at least {min_frames}'
-        r.get([0, r.num_frames - 1])
-        return r.num_frames, ''
-    except VideoError as e: return None, str(e).removeprefix(f'{path}: ')
-    except OSError as e: return None, f'cannot read it ({e})'
+def _check_video(path: Path, size: tuple[int, int], min_frames: int) -> tuple[int | None, str, list[str]]:
+    "`pal-probe`'s check (`check_video`: the whole file decoded once, three frames read at `size`): (frames, '', warnings) or (None, why not, warnings)."
+    c = check_video(path, size=size, min_frames=min_frames)
+    return (c.frames if c.usable else None), c.reason, list(c.warnings)
 
 def _decode_all(path: Path, size: tuple[int, int], n: int) -> tuple[Tensor | None, str]:
     try: return VideoReader(path, size=size).get(torch.arange(n)), ''
@@ -206,16 +201,18 @@ def probe_videos(paths: Sequence[str | Path],  # candidate files, e.g. from `lis
     with ThreadPoolExecutor(max(1, threads)) as ex:
         checked = list(ex.map(lambda p: _check_video(p, size, min_frames), paths))
         budget, cache = cache_mb * 2**20, []
-        for p, (n, _) in zip(paths, checked):
+        for p, (n, _, _) in zip(paths, checked):
             if n is not None and n * size[0] * size[1] * 3 <= budget:
                 budget -= n * size[0] * size[1] * 3; cache.append(p)
         decoded = dict(zip(cache, ex.map(lambda p: _decode_all(p, size, checked[paths.index(p)][0]), cache)))
     good, bad = [], []
-    for p, (n, why) in zip(paths, checked):
+    for p, (n, why, _) in zip(paths, checked):
         frames, why2 = decoded.get(p, (None, ''))
         if n is None or why2: bad.append((p, why or why2))
         else: good.append(VideoSource(p, n, frames))
     if log:
+        for p, (n, _, warns) in zip(paths, checked):
+            for w in warns: log(f'warning: {p}: {w}')
         for p, why in bad: log(f'skipping {p}: {why}')
         cached = sum(v.frames is not None for v in good)
         log(f'{len(good)} of {len(paths)} videos usable ({len(bad)} skipped), {cached} cached in memory at {size[0]}x{size[1]}')
@@ -263,6 +260,7 @@ class PalDataset(Dataset):
     "Item `(step, b)`: sample `b` of step `step`, decoded; a function of `(cfg.seed, step, b)` and the files only."
     def __init__(self, videos: Sequence[VideoSource], cfg: TrainConfig, log=None):
         self.videos, self.cfg, self.log, self._readers = list(videos), cfg, log, {}
+        self.broken = {}  # video index -> why it failed while training (this process): never drawn again
     def __len__(self): return self.cfg.steps * self.cfg.batch_size
 
     def reader(self, i: int):
@@ -273,12 +271,16 @@ class PalDataset(Dataset):
         return self._readers[i]
 
     def choose(self, step: int, b: int, attempt: int = 0) -> tuple[int, int, int]:
-        "Source and backgrounds of sample `b`: from the batch roll, or on a retry three other videos."
+        "Source and backgrounds of sample `b`: from the batch roll, or on a retry three other videos that have not failed."
         if attempt == 0:
             src, bgs = batch_videos(self.cfg.seed, step, len(self.videos), self.cfg.batch_size)
             return (src[b], *bgs[b])
+        ok = [i for i in range(len(self.videos)) if i not in self.broken]
+        if len(ok) < 3:
+            why = '; '.join(f'{self.videos[i].path}: {w}' for i, w in self.broken.items())
+            raise TrainingError(f'fewer than 3 videos still readable ({len(ok)} of {len(self.videos)}); failed while training: {why}')
         rng = np.random.default_rng(derive_seed(self.cfg.seed, step, b, _RETRY, attempt))
-        return tuple(rng.choice(len(self.videos), 3, replace=False).tolist())
+        return tuple(int(ok[j]) for j in rng.choice(len(ok), 3, replace=False))
 
     def load(self, step: int, b: int, who: tuple[int, int, int]) -> Item:
         "Decode sample `b` of step `step` from videos `who` (source, background, background)."
@@ -290,13 +292,15 @@ class PalDataset(Dataset):
         return Item((step, b), load_bank(plan, src, (bg0, bg1)), plan, who)
 
     def __getitem__(self, key: tuple[int, int]) -> Item:
+        "Sample `b` of step `step`; a video that fails to decode is skipped from then on and the sample drawn from others."
         step, b = key
-        for attempt in range(4):
+        for attempt in itertools.count():
             who = self.choose(step, b, attempt)
             try: return self.load(step, b, who)
             except VideoError as e:
-                if attempt == 3: raise
-                print(f'pal-pretrain: step {step}, sample {b}: {e}; drawing other videos', file=sys.stderr)
+                bad = [i for i in who if str(e).startswith(str(self.videos[i].path))] or list(who)  # the message names the file
+                for i in bad: self.broken[i] = str(e).removeprefix(f'{self.videos[i].path}: ')
+                print(f'pal-pretrain: step {step}, sample {b}: {e}; skipping {len(bad)} video(s) from now on, drawing others', file=sys.stderr)
 
 # %% ../nbs/06_training.ipynb #64ce2fb0
 @dataclass

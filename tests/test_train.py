@@ -307,3 +307,32 @@ def test_channels_last_gives_the_same_steps(tmp_path, monkeypatch):
     a, b = weights(tmp_path / 'on'), weights(tmp_path / 'off')
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     with pytest.raises(ValueError, match='channels_last'): TrainConfig(channels_last='yes')
+
+
+def test_startup_check_decodes_the_whole_file(tmp_path):
+    "A file damaged in the middle passes a first-and-last-frame check; `probe_videos` decodes it all, keeps what reads and says so."
+    import numpy as np
+    from pal.samples import render_scene
+    f = write_video(tmp_path / 'whole.mp4', render_scene(120, 48, 64, seed=1), 24, crf=18, g=12, threads=1)
+    b = bytearray(f.read_bytes()); n = len(b)
+    b[int(n * .45):int(n * .55)] = np.random.default_rng(0).integers(0, 256, int(n * .55) - int(n * .45), dtype=np.uint8).tobytes()
+    (tmp_path / 'mid.mp4').write_bytes(bytes(b))
+    lines = []
+    good, bad = T.probe_videos([tmp_path / 'mid.mp4'], (40, 40), log=lines.append)
+    assert not bad and len(good) == 1 and 0 < good[0].num_frames < 120  # the frames after the damage are not promised
+    assert any(l.startswith(f'warning: {tmp_path / "mid.mp4"}:') and 'damaged' in l for l in lines), lines
+
+
+def test_training_skips_a_video_that_fails_later(tmp_path, capsys):
+    "A video that passed the start-up check but fails while training is skipped from then on; no sample uses it."
+    videos, _ = T.probe_videos([sample_dir() / n for n in ('checker.mp4', 'plaid.mp4', 'rings.avi', 'dots.avi')], (40, 40), log=None)
+    gone = tmp_path / 'gone.mp4'; shutil.copy(sample_dir() / 'waves.webm', gone)
+    videos.append(T.VideoSource(gone, 100, None))
+    gone.write_bytes(b'replaced by something that is not a video')  # e.g. a file overwritten during the run
+    cfg = TrainConfig(videos='.', out=str(tmp_path / 'run'), steps=6, batch_size=4, size=32, decode_size=(40, 40))
+    ds = T.PalDataset(videos, cfg)
+    items = [ds[(s, b)] for s in range(6) for b in range(4)]
+    assert set(ds.broken) == {4} and all(4 not in it.videos for it in items)
+    assert 'skipping 1 video(s) from now on' in capsys.readouterr().err
+    ds.broken.update({0: 'x', 1: 'y'})  # fewer than 3 readable videos left: a clear error, not a loop
+    with pytest.raises(TrainingError, match='fewer than 3 videos still readable'): ds.choose(0, 0, attempt=1)

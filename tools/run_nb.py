@@ -15,14 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_docs import execute  # noqa: E402
 
 
-def run(path: Path, flags: set[str], timeout: int | None) -> bool:
-    "Execute `path` in place; True if every cell ran."
+def run(path: Path, skip: set[str], timeout: int | None) -> bool:
+    "Execute `path` in place, skipping cells flagged with a flag in `skip`; True if every cell ran."
     import nbformat
     path = path.resolve()
     nb = nbformat.read(path, as_version=4)
     t0, cwd = time.time(), os.getcwd()
     os.chdir(path.parent)  # as nbdev_test runs it
-    try: _, error = execute(nb, path, flags, timeout)
+    try: _, error = execute(nb, path, skip, timeout)
     finally: os.chdir(cwd)
     if error is not None:
         print(f'FAIL {path} cell {error["cell"]}:\n{error["source"]}\n{error["traceback"]}', file=sys.stderr)
@@ -39,7 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument('--flags', nargs='*', default=[], help='tst_flags to run as well, e.g. slow')
     ap.add_argument('--timeout', type=int, default=None, help='seconds per cell')
     a = ap.parse_args(argv)
-    ok = [run(p, set(a.flags), a.timeout) for p in a.notebooks]
+    from nbdev.config import get_config
+    skip = set(get_config().get('tst_flags', '').split()) - set(a.flags)  # as nbdev_test: flagged cells run only when asked for
+    ok = [run(p, skip, a.timeout) for p in a.notebooks]
     return 0 if all(ok) else 1
 
 
