@@ -17,7 +17,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, THREADS, machine, ms, setup_torch, bench_videos  # noqa: E402
 
-PARTS = ('decode', 'synthesis', 'step', 'extraction')
+PARTS = ('decode', 'frame_table', 'synthesis', 'step', 'extraction')
 RESULTS = HERE / 'results'
 
 
@@ -59,6 +59,17 @@ def table_rows(R: dict) -> list[str]:
             t = d['trimmed']
             rows.append(f"| 1b | Decode, 10 s videos | sparse {ms(t['sparse'])} vs whole {ms(t['whole'])} ({t['needed']:.0f} of 3 x {t['frames']} frames) "
                         f"| {_x(t['ratio'])} | (>= 10x) | n/a: see note 1 |")
+    ft = R.get('frame_table')
+    if ft:
+        t, sp = ft['table'], ft['sparse']
+        rows.append(f"| 1c | Frame table of a 60 s video ({t['frames']} frames): the one full decode that defines frame k and its time "
+                    f"(issue 13), done once per file and kept on disk | build **{ms(t['build'])}** (CPU {ms(t['build_cpu'])}, "
+                    f"{t['decode_fps']:.0f} frames/s) vs reading it back **{ms(t['load'])}** (a reader opened from disk {ms(t['open'])}, "
+                    f"entry {t['entry_bytes'] / 1024:.0f} KiB) | {_x(t['build_over_load'])} | paid once per file | yes |")
+        rows.append(f"| 1d | Sparse read of one PAL sample (112 px), exact reader with checked restarts vs the reader before issue 13 | "
+                    f"after **{ms(sp['after'])}** vs before **{ms(sp['before'])}**; the 3 videos whole {ms(sp['whole'])} | "
+                    f"{sp['after_over_before']:.2f} (whole/sparse {_x(sp['whole_over_after'])}) | about 1 | "
+                    f"{_yes(sp['after_over_before'] <= 1.15)} |")
     s = R.get('synthesis')
     if s:
         for size, p in s['per_sample'].items():
