@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_features.ipynb #c0462b5f
 from __future__ import annotations
-import argparse, json, math, os, shlex, sys
+import argparse, csv, hashlib, json, math, os, re, shlex, sys, threading, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,16 +16,19 @@ from torch import nn, Tensor
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
-from .video import VideoReader, VideoError, list_videos, VIDEO_EXTS
+from .video import VideoReader, VideoError, VideoWarning, list_videos, check_video, probe, VIDEO_EXTS
 from .paste import AugmentConfig, AugmentParams, apply_augment
 from .encoder import Encoder, receptive_field, feature_offset
 from .train import TrainConfig, build_objective, TrainingError, load_checkpoint, save_checkpoint, resolve_device, _auto_workers
 
 # %% auto #0
-__all__ = ['TIMES_RULE', 'random_encoder', 'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess',
-           'ClipGrid', 'row_times', 'encode_clips', 'context_margin', 'window_plan', 'extract_features',
-           'feature_names', 'ExtractError', 'auto_jobs', 'extract', 'extract_parser', 'extract_cli', 'row_labels',
-           'self_similarity', 'pca_2d', 'boundary_profile', 'boundary_curve']
+__all__ = ['IDENTITY', 'VIDEO_INFO_COLUMNS', 'H5_FILE', 'TIMES_RULE', 'FORMATS', 'ACTIONFORMER_DATASET_KEYS', 'random_encoder',
+           'load_model', 'save_encoder', 'slim_checkpoint', 'identity_augment', 'preprocess', 'ClipGrid', 'row_times',
+           'encode_clips', 'context_margin', 'window_plan', 'extract_features', 'feature_names', 'ExtractError',
+           'video_ids', 'auto_jobs', 'encoder_digest', 'open_manifest', 'dataset_values', 'write_csv', 'read_csv',
+           'rescale_features', 'write_video_info', 'write_h5', 'read_h5', 'extract', 'extract_parser', 'extract_cli',
+           'actionformer_num_frames', 'seq_len_multiple', 'actionformer_config', 'to_yaml', 'tal_config_parser',
+           'tal_config_cli', 'row_labels', 'self_similarity', 'pca_2d', 'boundary_profile', 'boundary_curve']
 
 # %% ../nbs/07_features.ipynb #af7b1b2a
 def random_encoder(cfg: TrainConfig) -> Encoder:
@@ -220,10 +223,24 @@ def feature_names(paths: Sequence[Path], root: Path) -> list[str]:
     clash = {s for s in stems if stems.count(s) > 1}
     return [s + '_' + r.suffix.lstrip('.').lower() if s in clash else s for s, r in zip(stems, rel)]
 
-# %% ../nbs/07_features.ipynb #4f1df72d
+# %% ../nbs/07_features.ipynb #a7e1c0d2
 class ExtractError(RuntimeError):
-    "Nothing could be extracted; the message says why."
+    "Nothing could be extracted, or not into that folder; the message says why."
 
+def video_ids(paths: Sequence[Path], root: Path,
+              keep_tree: bool = False,  # ids = paths under `root` (`feature_names`) instead of file stems
+             ) -> list[str]:
+    "Each video's id: its file stem (one flat folder of `<id>.npy`, as TAL loaders read), or with `keep_tree` its path under `root`."
+    if keep_tree: return feature_names(paths, root)
+    first = {}
+    for p in map(Path, paths):
+        other = first.setdefault(p.stem, p)
+        if other != p:
+            raise ExtractError(f'{other} and {p} would both be video id {p.stem!r} (ids are file stems, in one flat folder); '
+                               'rename one, or pass --keep-tree (keep_tree=True) to name features by their path under --videos')
+    return [Path(p).stem for p in paths]
+
+# %% ../nbs/07_features.ipynb #4f1df72d
 def _save_npy(path: Path, a: np.ndarray):
     "np.save via a temporary file and an atomic rename."
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +266,148 @@ def _video_list(videos: Path) -> tuple[list[Path], Path]:
     if not videos.is_dir(): raise ExtractError(f'{videos}: no such file or folder')
     return list_videos(videos), videos
 
+def _few(xs, n: int = 3) -> str:
+    "The first `n` items of `xs`, comma-separated, and how many more."
+    xs = [x if isinstance(x, str) else f'{x:g}' for x in xs]
+    return ', '.join(xs[:n]) + (f' and {len(xs) - n} more' if len(xs) > n else '')
+
+# %% ../nbs/07_features.ipynb #d4e5f6a7
+def encoder_digest(encoder: nn.Module, cfg: TrainConfig) -> str:
+    "SHA-256 of an encoder's training config and weights: the identity of the features it makes, whatever its checkpoint file is called."
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    for k, v in sorted(encoder.state_dict().items()):
+        h.update(f'{k} {v.dtype} {tuple(v.shape)}'.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+IDENTITY = ('format', 'encoder_sha256', 'clip_len', 'frame_stride', 'decode_hw', 'size', 'layout', 'formats', 'rescale')  # must match to share a folder
+
+def _encoder_text(m: dict) -> str:
+    return f"{m.get('checkpoint', '?')} ({m.get('kind', '?')}, step {m.get('step', '?')}, encoder sha256 {str(m.get('encoder_sha256'))[:12]})"
+
+def open_manifest(out: Path,
+                  man: dict,  # the new run's manifest: its IDENTITY values, no videos yet
+                 ) -> dict:  # `man`, with the videos and skipped files already listed in `out`
+    "The manifest a run continues: `man` merged with the one in `out` if that has the same encoder and settings; an `ExtractError` saying what differs otherwise."
+    f = Path(out) / 'manifest.json'
+    if not f.is_file(): return man
+    try: old = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ExtractError(f'{f}: cannot read it ({e}); extract into another --out or remove it') from None
+    if not isinstance(old, dict) or not isinstance(old.get('videos'), dict):
+        raise ExtractError(f'{f}: not a pal-extract manifest; extract into another --out')
+    if 'encoder_sha256' not in old:
+        raise ExtractError(f'{f}: written by an older pal-extract (no encoder_sha256), so its encoder cannot be compared; '
+                           'extract into another --out or remove the folder')
+    if old['encoder_sha256'] != man['encoder_sha256']:
+        raise ExtractError(f'{out} holds features of another encoder: {_encoder_text(old)}; this run: {_encoder_text(man)}. '
+                           'Extract into another --out (two encoders never share a folder)')
+    diff = [k for k in IDENTITY if old.get(k) != man[k]]
+    if diff:
+        raise ExtractError(f'{out} holds features made with other settings (' + '; '.join(f'{k} {old.get(k)!r} there, {man[k]!r} now' for k in diff)
+                           + '). Extract into another --out or use the same settings')
+    return {**man, 'videos': old['videos'], 'skipped': old.get('skipped', []), 'runs': old.get('runs', [])}
+
+def _claim(man: dict, ids: list[str], paths: list[Path], out: Path):
+    "Refuse ids the manifest already gives to another file; forget earlier skips of the files this run retries."
+    for name, p in zip(ids, paths):
+        old = man['videos'].get(name)
+        if old is not None and old.get('source') != str(p.resolve()):
+            raise ExtractError(f"{p} would be video id {name!r}, which {Path(out) / 'manifest.json'} already gives to "
+                               f"{old.get('source') or old.get('file')}; rename one, extract into another --out, or pass --keep-tree")
+    mine = {str(p.resolve()) for p in paths}
+    man['skipped'] = [s for s in man['skipped'] if s.get('source') not in mine]
+
+def _follows_nominal_rate(v: dict, man: dict) -> bool:
+    "Do a video's row times follow its nominal frame rate (`ClipGrid.times`), within 1 % of a row?"
+    g = ClipGrid(v['num_frames'], v['fps'], man['clip_len'], man['frame_stride'])
+    return bool(np.abs(g.times(man['feature_offset']) - np.asarray(v['times'])).max() <= 0.01 * g.stride / g.fps + 2e-6)
+
+def dataset_values(man: dict) -> dict:
+    "What a TAL config needs about all videos of a manifest: how many, the longest row count, and the one frame rate that times every video's rows (else None, and why in `fps_note`)."
+    vs = man['videos']
+    off = sorted(k for k, v in vs.items() if not (v['follows_fps'] if 'follows_fps' in v else _follows_nominal_rate(v, man)))
+    rates = sorted({v['fps'] for v in vs.values()})
+    fps, note = None, 'no videos'
+    if off: note = (f"{len(off)} of {len(vs)} videos ({_few(off)}) have rows whose times do not follow their nominal frame rate "
+                    "(variable frame rate, or a header rate that is not the timestamps'): no fps converts their rows to seconds; use the manifest's times")
+    elif len(rates) > 1: note = f'{len(rates)} frame rates ({_few(rates)} fps): no single fps; give each video its fps in the annotation JSON'
+    elif rates: fps, note = rates[0], f'every video {rates[0]:g} fps, and its rows follow that rate'
+    return dict(num_videos=len(vs), max_rows=max((v['rows'] for v in vs.values()), default=0), fps=fps, fps_note=note)
+
+# %% ../nbs/07_features.ipynb #f6a7b8c9
+def write_csv(path: Path, feats: np.ndarray):
+    "Features `[T, C]` as BSN/BMN/G-TAD read them (`pandas.read_csv(path).values`): a header `f0,...,f{C-1}`, one row per position, 9 significant digits; written atomically."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    f = np.asarray(feats, np.float32)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        np.savetxt(tmp, f.reshape(len(f), -1), fmt='%.9g', delimiter=',', comments='', header=','.join(f'f{c}' for c in range(f.shape[1])))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def read_csv(path) -> np.ndarray:  # [T, C] float32
+    "Features written by `write_csv` (the header row skipped)."
+    return np.loadtxt(path, delimiter=',', skiprows=1, ndmin=2, dtype=np.float64).astype(np.float32)
+
+def rescale_features(feats: np.ndarray,  # [N, C]
+                     times: np.ndarray,  # [N] seconds of each row (the manifest's `times`)
+                     duration: float,  # seconds
+                     n: int = 100,  # positions out
+                     samples: int = 3,  # points averaged per position
+                    ) -> np.ndarray:  # [n, C] float32
+    "BSN's fixed-length features (`csv_mean_100`): `n` equal bins of [0, duration], each the mean of `samples` points (bin ends included) linearly interpolated between the rows' times, held at the first/last row outside them."
+    f, t = np.asarray(feats, np.float64), np.asarray(times, np.float64)
+    edges = np.linspace(0, duration, n + 1)
+    pts = edges[:-1, None] + np.diff(edges)[:, None] * np.linspace(0, 1, samples)[None]  # [n, samples] seconds
+    r = np.interp(pts.ravel(), t, np.arange(len(t)))  # fractional row of each point, clamped to the rows
+    lo = np.floor(r).astype(int); hi = np.minimum(lo + 1, len(t) - 1); w = (r - lo)[:, None]
+    return (f[lo] * (1 - w) + f[hi] * w).reshape(n, samples, -1).mean(1).astype(np.float32)
+
+VIDEO_INFO_COLUMNS = ('video', 'numFrame', 'seconds', 'fps', 'rfps', 'subset', 'featureFrame')  # BMN's video_info_new.csv
+
+def write_video_info(path: Path, man: dict):
+    "`video_info.csv` of a manifest's videos, in BMN's columns (`VIDEO_INFO_COLUMNS`); written atomically."
+    path = Path(path); tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'w', newline='') as fh:
+            w = csv.writer(fh); w.writerow(VIDEO_INFO_COLUMNS)
+            for k, v in sorted(man['videos'].items()):
+                w.writerow([k, v['num_frames'], v['duration'], round(v['num_frames'] / v['duration'], 6), v['fps'], v.get('subset', ''), v['num_frames']])
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+H5_FILE = 'features.hdf5'  # ActionFormer reads a feat_folder containing '.hdf5' as one HDF5 file of datasets named by video id
+
+def _h5py():
+    try: import h5py
+    except ImportError: raise ExtractError('HDF5 output needs h5py: pip install h5py') from None
+    return h5py
+
+def write_h5(out: Path, man: dict) -> Path:
+    "Every video of a manifest in `out/features.hdf5`: one float32 dataset `[T, C]` per id, its row times and clock as attributes, the manifest's top level as file attributes; rebuilt from the .npy files, swapped in atomically."
+    h5py, out = _h5py(), Path(out)
+    f, tmp = out / H5_FILE, out / f'.{H5_FILE}.{os.getpid()}.tmp'
+    top = {k: v for k, v in man.items() if k not in ('videos', 'skipped', 'runs')}
+    try:
+        with h5py.File(tmp, 'w') as h:
+            h.attrs['pal_manifest'] = json.dumps(top)
+            for k in ('clip_len', 'frame_stride', 'clip_frames', 'feature_stride', 'dim', 'feature_offset', 'max_rows'): h.attrs[k] = top[k]
+            for name, v in sorted(man['videos'].items()):
+                d = h.create_dataset(name, data=np.load(out / v['features']))
+                for k in ('times', 'starts', 'ends'): d.attrs[k] = np.asarray(v[k], np.float64)
+                for k in ('fps', 'duration', 'num_frames', 'rows', 'feature_stride', 'clip_frames', 'constant_rate', 'file'): d.attrs[k] = v[k]
+                if v.get('subset'): d.attrs['subset'] = v['subset']
+        os.replace(tmp, f)
+    finally: tmp.unlink(missing_ok=True)
+    return f
+
+def read_h5(path) -> dict[str, np.ndarray]:
+    "The features of every video in an HDF5 file of one dataset per video (`write_h5`'s, TSP's), by id."
+    h5py, out = _h5py(), {}
+    with h5py.File(path, 'r') as h:
+        h.visititems(lambda name, o: out.__setitem__(name, np.asarray(o[()], np.float32)) if isinstance(o, h5py.Dataset) else None)
+    return out
+
 # %% ../nbs/07_features.ipynb #79d305ba
 TIMES_RULE = ("seconds from the video's first frame, from each frame's own timestamp (pal.video.VideoReader.times; per video, "
               "times_from says where those came from): starts[i] = time of row i's first frame "
@@ -257,90 +416,172 @@ TIMES_RULE = ("seconds from the video's first frame, from each frame's own times
               "position i * clip_len + clip_len * (0.5 + feature_offset) (feature_offset: where a feature looks minus its clip's "
               "centre, in clips, from the encoder's measured receptive field), time linear within each sampled frame, clamped to "
               "[0, duration] (pal.features.row_times)")
+FORMATS = ('npy', 'csv', 'h5')
+
+_CHECK_LOCK = threading.Lock()  # check_video records warnings through Python's process-wide warnings state: one check at a time
+
+def _open_checked(path: Path, size) -> tuple[VideoReader | None, list[str], str]:
+    "`pal-probe`'s checks of one video (`check_video`), then its reader: (reader, warnings, '') or (None, [], the reason it is skipped)."
+    try: probe(path)  # the frame table (one full decode, remembered), built in this thread beside the other videos'
+    except VideoError as e: return None, [], str(e).removeprefix(f'{path}: ')  # check_video's reason, without decoding it again
+    except OSError as e: return None, [], f'cannot read it ({e})'
+    with _CHECK_LOCK:
+        c = check_video(path, size)  # on the remembered table: reads the first, middle and last frame at this size
+        if not c.usable: return None, [], c.reason
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', VideoWarning)  # the reader would warn again about what c.warnings holds
+            return VideoReader(path, size=size), c.warnings, ''
+
+def _formats(formats: Sequence[str], rescale: int | None) -> list[str]:
+    "The formats to write, checked: always 'npy' (the store the others are made from), in `FORMATS` order."
+    bad = set(formats) - set(FORMATS)
+    if bad: raise ValueError(f'unknown format(s) {sorted(bad)}; choose from {FORMATS}')
+    if rescale is not None and (rescale < 2 or 'csv' not in formats): raise ValueError(f'rescale applies to CSV features and must be >= 2 (got {rescale} with formats {list(formats)})')
+    return [f for f in FORMATS if f == 'npy' or f in formats]
+
+def _subsets(annotations: str | Path) -> dict[str, str]:
+    "Video id -> subset in an ActivityNet-style annotation JSON."
+    p = Path(annotations)
+    try: db = json.loads(p.read_text())
+    except (OSError, ValueError) as e: raise ExtractError(f'{p}: cannot read the annotations ({e})') from None
+    db = db.get('database', db) if isinstance(db, dict) else None
+    if not isinstance(db, dict): raise ExtractError(f'{p}: expected an ActivityNet-style JSON ({{"database": {{id: {{"subset": ...}}}}}})')
+    return {k: str(v['subset']) for k, v in db.items() if isinstance(v, dict) and 'subset' in v}
 
 def extract(checkpoint: str | Path,  # a pal checkpoint, or 'random'
             videos: str | Path,  # a folder (searched recursively) or one video file
-            out: str | Path,  # output folder: NAME.npy per video and manifest.json
+            out: str | Path,  # output folder: <id>.npy per video and manifest.json (added to if it holds this encoder's features)
             window: int = 32,  # clips per window
             frame_stride: int | None = None,  # default: the checkpoint's `paste.frame_stride`
             batch: int = 1,  # windows per forward pass (more only helps a GPU that one window does not fill)
             device: str = 'auto',  # 'auto', 'cpu', 'cuda', 'cuda:N'
             seed: int = 0,  # seed of the 'random' encoder
             progress: bool = True,
-            log=print,  # one line per skipped video and a summary; None: silent
+            log=print,  # one line per skipped video, per warning and a summary; None: silent
             jobs: int | None = None,  # videos decoded and encoded at once, in threads; None: `auto_jobs` (2 on the CPU)
+            keep_tree: bool = False,  # ids = paths under `videos` (`feature_names`) instead of file stems
+            formats: Sequence[str] = ('npy',),  # also 'csv' (per video, and video_info.csv) and/or 'h5' (features.hdf5)
+            rescale: int | None = None,  # CSV positions per video (BMN/G-TAD: 100, in csv_mean_100/); None: the rows as they are, in csv/
+            annotations: str | Path | None = None,  # ActivityNet-style JSON: each video's subset, for the manifest and video_info.csv
            ) -> dict:  # the manifest
-    "Features of every video under `videos` with the encoder of `checkpoint`: `out/NAME.npy` and `out/manifest.json`."
+    "Features of every video under `videos` with the encoder of `checkpoint`: `out/<id>.npy`, the manifest, and the other `formats`."
     say = (lambda m: log(f'pal-extract: {m}')) if log else (lambda m: None)
     videos, out = Path(videos), Path(out)
+    formats = _formats(formats, rescale)
     paths, root = _video_list(videos)
     if not paths: raise ExtractError(f'{videos}: no video files ({" ".join(VIDEO_EXTS)})')
+    ids = video_ids(paths, root, keep_tree)
+    subsets = _subsets(annotations) if annotations is not None else {}
     dev = resolve_device(device)
     encoder, cfg, info = load_model(checkpoint, dev, seed)
     fs = frame_stride or cfg.paste.frame_stride
     if fs < 1: raise ValueError(f'frame_stride must be >= 1, got {fs}')
+    digest = encoder_digest(encoder, cfg)
     rf, offset = receptive_field(encoder), feature_offset(encoder)
     if dev.type == 'cuda': encoder = encoder.to(memory_format=torch.channels_last_3d)  # the layout of its inputs
     margin = context_margin(encoder, rf)
     window = max(window, 2 * margin + 1)
     L = encoder.clip_len
-    man = dict(format='pal-features-1', **info, method=cfg.method, backbone=cfg.backbone, mode=cfg.mode, width=cfg.width,
-               size=cfg.size, decode_hw=list(cfg.decode_hw), clip_len=L, frame_stride=fs, clip_frames=L * fs,
+    man = dict(format='pal-features-2', **info, encoder_sha256=digest, method=cfg.method, backbone=cfg.backbone, mode=cfg.mode,
+               width=cfg.width, size=cfg.size, decode_hw=list(cfg.decode_hw), clip_len=L, frame_stride=fs, clip_frames=L * fs,
                feature_stride=L * fs, dim=encoder.out_dim, window=window, margin=margin, receptive_field=list(rf),
-               feature_offset=offset, times=TIMES_RULE, videos_root=str(root), videos={}, skipped=[])
+               feature_offset=offset, times=TIMES_RULE, layout='tree' if keep_tree else 'flat', formats=formats, rescale=rescale,
+               csv_folder=(f'csv_mean_{rescale}' if rescale else 'csv') if 'csv' in formats else None,
+               h5=H5_FILE if 'h5' in formats else None, videos_root=str(root), videos={}, skipped=[], runs=[])
     out.mkdir(parents=True, exist_ok=True)
-    def work(path):  # one video, in one of `jobs` threads: its features, clip grid, clock and row times, or the error that stopped it
+    man = open_manifest(out, man)
+    _claim(man, ids, paths, out)
+    def work(path):  # one video, in one of `jobs` threads: features, clip grid, clock, row times and warnings, or why it is skipped
+        reader, warns, why = _open_checked(path, cfg.decode_hw)
+        if reader is None: return None, None, None, None, None, why
         try:
-            with VideoReader(path, size=cfg.decode_hw) as reader:
+            with reader:
                 feats = extract_features(encoder, reader, cfg.augment, fs, window, margin, batch)
                 grid = ClipGrid(reader.num_frames, reader.fps, L, fs)
                 clock = dict(duration=reader.duration, constant_rate=reader.constant_rate, times_from=reader.info.times_from)
                 try: spans = row_times(reader.times, reader.duration, grid, offset)  # each frame's own time
                 except ValueError as e: raise VideoError(f'{path}: frame times: {e}') from e
-            return feats, grid, clock, spans, None
-        except VideoError as e: return None, None, None, None, e
-    bar = tqdm(list(zip(paths, feature_names(paths, root))), desc='pal-extract', unit='video', disable=not progress)
+            return feats, grid, clock, spans, warns, None
+        except VideoError as e: return None, None, None, None, None, str(e).removeprefix(f'{path}: ')  # failed while reading: no second check
+    bar = tqdm(list(zip(paths, ids)), desc='pal-extract', unit='video', disable=not progress)
     ex = ThreadPoolExecutor(auto_jobs(dev) if jobs is None else max(1, jobs), thread_name_prefix='pal-extract-video')
+    done = 0
     try:
-        for (path, name), (feats, grid, clock, spans, err) in zip(bar, ex.map(work, paths)):  # results in order, `jobs` videos at a time
+        for (path, name), (feats, grid, clock, spans, warns, why) in zip(bar, ex.map(work, paths)):  # in order, `jobs` at a time
             bar.set_postfix_str(name[-30:])
-            if err is not None:
-                why = str(err).removeprefix(f'{path}: ')
-                say(f'skipping {path}: {why}'); man['skipped'].append(dict(file=os.path.relpath(path, root), error=why))
+            if why is not None:
+                say(f'skipping {path}: {why}')
+                man['skipped'].append(dict(file=os.path.relpath(path, root), source=str(path.resolve()), error=why))
+                if _forget(out, man, name): say(f'{path}: its earlier features ({name}) are removed from {out}')
                 continue
-            _write_video(out, name, path, root, feats, grid, clock, spans, man)
+            for w in warns: say(f'{path}: warning: {w}')
+            _write_video(out, name, path, root, feats, grid, clock, spans, man, warns, subsets.get(name))
+            done += 1
     finally: ex.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the videos in flight, start no more
     bar.close()
-    _save_json(out / 'manifest.json', man)
-    n, k = len(man['videos']), len(man['skipped'])
-    if n == 0: raise ExtractError(f'{videos}: none of {len(paths)} videos could be read; see the messages above. {out}/manifest.json lists them.')
-    say(f'{n} of {len(paths)} videos -> {out} ({k} skipped), {man["dim"]}-d rows every {L * fs} frames')
+    man['runs'].append(dict(videos_root=str(root.resolve()), checkpoint=info['checkpoint'], extracted=done, skipped=len(paths) - done))
+    _finish(out, man)
+    if done == 0: raise ExtractError(f'{videos}: none of {len(paths)} videos could be read; see the messages above. {out}/manifest.json lists them.')
+    say(f'{done} of {len(paths)} videos -> {out} ({len(paths) - done} skipped; {man["num_videos"]} videos there now), '
+        f'{man["dim"]}-d rows every {L * fs} frames')
     return man
 
 def _write_video(out: Path, name: str, path: Path, root: Path, feats: np.ndarray, grid: ClipGrid,
                  clock: dict,  # the reader's duration, constant_rate and times_from
                  spans: tuple,  # `row_times(...)`: starts, ends, centres
-                 man: dict):
-    "Save one video's features and its manifest entry (the manifest is rewritten after every video)."
+                 man: dict, warns: list[str], subset: str | None):
+    "Save one video's features (and CSV) and its manifest entry (the manifest is rewritten after every video)."
     L, fs = grid.clip_len, grid.frame_stride
     starts, ends, centres = ([round(float(t), 6) for t in a] for a in spans)
     _save_npy(out / f'{name}.npy', feats)
-    man['videos'][name] = dict(file=os.path.relpath(path, root), features=f'{name}.npy', num_frames=grid.num_frames,
-                               fps=grid.fps, duration=round(float(clock['duration']), 6), constant_rate=bool(clock['constant_rate']),
-                               times_from=clock['times_from'], rows=grid.rows, dim=int(feats.shape[1]),
-                               clip_len=L, frame_stride=fs, clip_frames=grid.clip_frames, feature_stride=grid.stride,
-                               times=centres, starts=starts, ends=ends)
+    v = dict(file=os.path.relpath(path, root), source=str(path.resolve()), features=f'{name}.npy', num_frames=grid.num_frames,
+             fps=grid.fps, duration=round(float(clock['duration']), 6), constant_rate=bool(clock['constant_rate']),
+             times_from=clock['times_from'], rows=grid.rows, dim=int(feats.shape[1]), clip_len=L, frame_stride=fs,
+             clip_frames=grid.clip_frames, feature_stride=grid.stride, times=centres, starts=starts, ends=ends, warnings=list(warns))
+    v['follows_fps'] = _follows_nominal_rate(v, man)  # its rows are at (i * feature_stride + clip_frames * (0.5 + feature_offset)) / fps
+    if subset is not None: v['subset'] = subset
+    if man['csv_folder']:
+        v['csv'] = f"{man['csv_folder']}/{name}.csv"
+        write_csv(out / v['csv'], rescale_features(feats, centres, v['duration'], man['rescale']) if man['rescale'] else feats)
+    man['videos'][name] = v
+    man.update(dataset_values(man))
+    _save_json(out / 'manifest.json', man)
+
+def _forget(out: Path, man: dict, name: str) -> bool:
+    "Remove an id's earlier features (files and entry) when its file now fails; True if there were any."
+    v = man['videos'].pop(name, None)
+    if v is None: return False
+    for k in ('features', 'csv'):
+        if v.get(k): (out / v[k]).unlink(missing_ok=True)
+    return True
+
+def _finish(out: Path, man: dict):
+    "The folder-wide values, video_info.csv and features.hdf5 (if asked), and the manifest."
+    man.update(dataset_values(man))
+    if man['csv_folder']: write_video_info(out / 'video_info.csv', man)
+    if man['h5'] and man['videos']: write_h5(out, man)
     _save_json(out / 'manifest.json', man)
 
 # %% ../nbs/07_features.ipynb #5d3b41a1
 def extract_parser() -> argparse.ArgumentParser:
     "The argument parser of `pal-extract`."
-    ap = argparse.ArgumentParser(prog='pal-extract', description='Frozen clip features of every video in a folder: OUT/NAME.npy '
-                                 '([rows, C] float32, one row per clip) and OUT/manifest.json (fps, clip_len, frame_stride, '
-                                 'feature stride and the time in seconds of every row).')
+    ap = argparse.ArgumentParser(prog='pal-extract', description='Frozen clip features of every video in a folder: OUT/<id>.npy '
+                                 '([rows, C] float32, one row per clip; id = file stem) and OUT/manifest.json (fps, clip_len, frame_stride, '
+                                 'feature stride, the time in seconds of every row, and the folder-wide values a TAL config needs). '
+                                 'Running it again into the same OUT with the same checkpoint and settings adds to the folder (e.g. one '
+                                 'split per run); another checkpoint is refused.')
     ap.add_argument('--checkpoint', required=True, help="a pal-pretrain checkpoint.pt, or 'random' for the random-init encoder")
     ap.add_argument('--videos', required=True, help='a folder of videos (searched recursively) or one video file')
     ap.add_argument('--out', required=True, help='output folder')
+    ap.add_argument('--format', nargs='+', choices=FORMATS, default=['npy'], dest='formats',
+                    help='npy: OUT/<id>.npy (always written); csv: OUT/csv/<id>.csv (OUT/csv_mean_N/ with --rescale N) and '
+                    'OUT/video_info.csv, as BSN/BMN/G-TAD read them; h5: OUT/features.hdf5, one dataset per video (default: npy)')
+    ap.add_argument('--rescale', type=int, default=None, metavar='N', help='CSV features resampled to N positions per video, as BMN/G-TAD '
+                    'use (100); needs --format csv')
+    ap.add_argument('--annotations', default=None, metavar='JSON', help="ActivityNet-style annotations: each video's subset goes into "
+                    'the manifest and video_info.csv')
+    ap.add_argument('--keep-tree', action='store_true', help='name features by their path under --videos (OUT/a/x.npy, id a/x) '
+                    'instead of one flat folder of file stems')
     ap.add_argument('--window', type=int, default=32, help='clips per window; long videos go through in overlapping windows (default: 32)')
     ap.add_argument('--frame-stride', type=int, default=None, help="video frames between sampled frames (default: the checkpoint's)")
     ap.add_argument('--jobs', type=int, default=None, help='videos processed at once, in threads (default: 2 on the CPU; on CUDA one per CPU core '
@@ -357,10 +598,172 @@ def extract_cli(argv: Sequence[str] | None = None):
     a = ap.parse_args(argv)
     if a.window < 1 or a.batch < 1 or (a.jobs is not None and a.jobs < 1) or (a.frame_stride is not None and a.frame_stride < 1):
         ap.error('--window, --batch, --jobs and --frame-stride must be >= 1')
-    try: extract(a.checkpoint, a.videos, a.out, a.window, a.frame_stride, a.batch, a.device, a.seed, not a.no_progress, jobs=a.jobs)
+    if a.rescale is not None and (a.rescale < 2 or 'csv' not in a.formats): ap.error('--rescale N needs N >= 2 and --format csv')
+    try: extract(a.checkpoint, a.videos, a.out, a.window, a.frame_stride, a.batch, a.device, a.seed, not a.no_progress, jobs=a.jobs,
+                 keep_tree=a.keep_tree, formats=a.formats, rescale=a.rescale, annotations=a.annotations)
     except (ExtractError, TrainingError) as e:
         print(f'pal-extract: error: {e}', file=sys.stderr); sys.exit(1)
     except KeyboardInterrupt: sys.exit(130)
+
+# %% ../nbs/07_features.ipynb #d1a2b3c4
+ACTIONFORMER_DATASET_KEYS = ('json_file', 'feat_folder', 'file_prefix', 'file_ext', 'num_classes', 'input_dim', 'feat_stride', 'num_frames',
+                             'default_fps', 'downsample_rate', 'max_seq_len', 'trunc_thresh', 'crop_ratio', 'force_upsampling')  # its datasets' arguments
+
+def actionformer_num_frames(man: dict) -> float:
+    "ActionFormer's `num_frames` that puts its row times on the manifest's: it times row i at (i * feat_stride + num_frames / 2) / fps."
+    nf = round(man['clip_frames'] * (1 + 2 * man['feature_offset']), 6)
+    return int(nf) if nf == int(nf) else nf
+
+def seq_len_multiple(levels: int = 5,  # pyramid levels after the stem: ActionFormer's backbone_arch[-1]
+                     scale_factor: int = 2,  # its scale_factor
+                     win_size: int | Sequence[int] = -1,  # its n_mha_win_size (<= 1: global attention)
+                    ) -> int:
+    "What ActionFormer's `max_seq_len` must be a multiple of: every pyramid stride times its attention window (its model asserts it)."
+    strides = [scale_factor ** i for i in range(levels + 1)]
+    wins = [win_size] * len(strides) if isinstance(win_size, int) else list(win_size)
+    return max(s * (w // 2) * 2 if w > 1 else s for s, w in zip(strides, wins))
+
+def _read_manifest(features: Path) -> dict:
+    f = Path(features) / 'manifest.json'
+    try: man = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise ExtractError(f'{f}: cannot read a pal-extract manifest ({e})') from None
+    if not isinstance(man, dict) or not man.get('videos') or 'feature_offset' not in man:
+        raise ExtractError(f'{f}: not a manifest of the current pal-extract (no videos or no feature_offset); extract again')
+    return {**man, **dataset_values(man)}
+
+def actionformer_config(features: str | Path,  # a pal-extract folder
+                        annotations: str | Path,  # ActivityNet-style JSON: subset, duration, fps, and label + label_id per action
+                        train_split: Sequence[str] = ('training',),
+                        val_split: Sequence[str] = ('testing',),
+                        win_size: int = -1,  # ActionFormer's n_mha_win_size (-1: global attention, right for short videos)
+                        h5: bool = False,  # read features.hdf5 (`--format h5`) instead of the .npy files
+                       ) -> tuple[dict, dict, list[str]]:  # config, comments by key path, notes
+    "An ActionFormer config that reads a pal-extract folder as it is: the dataset block from the manifest and the annotations, and the model/opt values short videos need."
+    features, annotations = Path(features).resolve(), Path(annotations).resolve()
+    man = _read_manifest(features)
+    try: db = json.loads(annotations.read_text())['database']
+    except (OSError, ValueError, KeyError, TypeError) as e: raise ExtractError(f'{annotations}: cannot read an ActivityNet-style "database" ({e!r})') from None
+    labels = {}
+    for vid, v in db.items():
+        for a in v.get('annotations', []):
+            if 'label_id' not in a: raise ExtractError(f"{annotations}: video {vid!r} has an action without 'label_id', which ActionFormer reads (pal-toybench writes it)")
+            if labels.setdefault(a['label'], a['label_id']) != a['label_id']:
+                raise ExtractError(f"{annotations}: label {a['label']!r} has label_id {labels[a['label']]} and {a['label_id']}")
+    if sorted(labels.values()) != list(range(len(labels))):
+        raise ExtractError(f'{annotations}: ActionFormer uses label_id as the class index, so the ids must be 0..K-1 with one label each; got {sorted(labels.values())}')
+    splits = {s.lower() for s in (*train_split, *val_split)}
+    used = {k: v for k, v in db.items() if str(v.get('subset', '')).lower() in splits}
+    if not used: raise ExtractError(f"{annotations}: no video in subset {sorted(splits)} (subsets there: {sorted({str(v.get('subset')) for v in db.values()})})")
+    missing = sorted(set(used) - set(man['videos']))
+    if missing: raise ExtractError(f"{len(missing)} videos of {annotations} ({_few(missing)}) have no features in {features}: ActionFormer's loader "
+                                   f'would stop at the first; extract them into the same folder (pal-extract ... --out {features})')
+    if h5 and not (features / H5_FILE).is_file(): raise ExtractError(f'{features / H5_FILE}: not there; extract with --format h5')
+    notes, fps = [], man['fps']
+    if fps is None:
+        notes.append(f"default_fps is null: {man['fps_note']}. ActionFormer then reads each video's 'fps' from {annotations.name}")
+        bad = [k for k in used if db[k].get('fps') is None or abs(db[k]['fps'] - man['videos'][k]['fps']) > 1e-6 * man['videos'][k]['fps']]
+        if bad: raise ExtractError(f"{annotations}: {len(bad)} videos ({_few(bad)}) have no 'fps' or another than the video's {man['videos'][bad[0]]['fps']:g}")
+    nf, mult = actionformer_num_frames(man), seq_len_multiple(win_size=win_size)
+    rows = max(man['videos'][k]['rows'] for k in used)
+    max_seq_len = mult * math.ceil(rows / mult)
+    err = {k: float(np.abs(np.minimum((np.arange(v['rows']) * man['feature_stride'] + nf / 2) / (fps or v['fps']), v['duration'])
+                           - np.asarray(v['times'])).max()) for k in used for v in [man['videos'][k]]}  # ActionFormer's times vs the manifest's
+    off = sorted((k for k in err if err[k] > 0.01 * man['feature_stride'] / (fps or man['videos'][k]['fps']) + 2e-6), key=err.get, reverse=True)
+    if off: notes.append(f"ActionFormer's row times miss the manifest's by up to {err[off[0]]:.3f} s in {len(off)} videos ({_few(off)}): variable frame rate; no config fixes that")
+    train = [k for k in used if str(db[k].get('subset', '')).lower() in {s.lower() for s in train_split}]
+    empty = [k for k in train if not db[k].get('annotations')]
+    if empty: notes.append(f'{len(empty)} training videos ({_few(empty)}) have no action: ActionFormer\'s training step asserts every video has some; drop them from {annotations.name}')
+    n_train = len(train)
+    ds = dict(json_file=str(annotations), feat_folder=str(features / H5_FILE if h5 else features), file_prefix=None, file_ext='.npy',
+              num_classes=len(labels), input_dim=man['dim'], feat_stride=man['feature_stride'], num_frames=nf, default_fps=fps,
+              downsample_rate=1, max_seq_len=max_seq_len, trunc_thresh=0.5, crop_ratio=[0.9, 1.0], force_upsampling=False)
+    cfg = dict(dataset_name='anet', train_split=list(train_split), val_split=list(val_split), dataset=ds,
+               model=dict(n_mha_win_size=win_size), opt=dict(learning_rate=0.001), output_folder='./ckpt/')
+    comments = {
+        ('dataset_name',): "not 'thumos': that loader drops every action with label_id 4 (THUMOS' CliffDiving); 'anet' reads the same files without it",
+        ('dataset', 'json_file'): 'ActivityNet style: subset, duration, fps, label and label_id per action',
+        ('dataset', 'feat_folder'): f"pal-extract --out: one features.hdf5 dataset per id" if h5 else 'pal-extract --out: <id>.npy [T, C] per video id',
+        ('dataset', 'num_classes'): f'labels in json_file: {_few(sorted(labels, key=labels.get), 8)}',
+        ('dataset', 'input_dim'): "manifest 'dim'",
+        ('dataset', 'feat_stride'): f"manifest 'feature_stride': clip_len {man['clip_len']} x frame_stride {man['frame_stride']}",
+        ('dataset', 'num_frames'): (f"clip_frames {man['clip_frames']} x (1 + 2 x feature_offset {man['feature_offset']:g}): row i at "
+                                    f"(i x {man['feature_stride']} + {nf}/2) / fps s = the manifest's times"),
+        ('dataset', 'default_fps'): man['fps_note'],
+        ('dataset', 'max_seq_len'): (f'longest video {rows} rows, rounded up to a multiple of {mult} (pyramid strides x attention window); '
+                                     f"THUMOS' 2304 would pad the longest video to {2304 / rows:.0f}x its length"),
+        ('dataset', 'crop_ratio'): "ActionFormer's THUMOS/ActivityNet augmentation",
+        ('model', 'n_mha_win_size'): "global attention suits sequences this short; THUMOS' 19 makes max_seq_len a multiple of 576",
+        ('opt', 'learning_rate'): (f"ActionFormer's default; its THUMOS config's 1e-4 is for about 200 long videos x 45 epochs, "
+                                   f'here {n_train} training videos: not tuned here, tune it on a validation split'),
+        ('output_folder',): "where ActionFormer's train.py writes its checkpoints",
+    }
+    return cfg, comments, notes
+
+def _yaml_scalar(x) -> str:
+    "One scalar as YAML that PyYAML (ActionFormer's reader) reads back as the same value."
+    if x is None: return 'null'
+    if isinstance(x, (bool, np.bool_)): return 'true' if x else 'false'
+    if isinstance(x, (int, np.integer)): return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if math.isnan(x): return '.nan'
+        if math.isinf(x): return '.inf' if x > 0 else '-.inf'
+        s = repr(x)  # PyYAML (YAML 1.1) reads 1e-05 as a string: the mantissa needs a dot
+        m, e = (s.split('e') + [None])[:2]
+        return s if e is None or '.' in m else f'{m}.0e{e}'
+    if isinstance(x, str): return json.dumps(x, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
+    raise TypeError(f'to_yaml: cannot write {type(x).__name__} {x!r}')
+
+def to_yaml(d: dict,
+            comments: dict | None = None,  # key path (tuple) -> end-of-line comment
+            header: Sequence[str] = (),  # comment lines on top
+           ) -> str:
+    "A config as YAML without a YAML library: nested mappings in block style, lists of scalars in flow style, end-of-line comments."
+    comments, out = comments or {}, [('# ' + h).rstrip() for h in header]
+    def walk(m, path, ind):
+        for k, v in m.items():
+            if not isinstance(k, str) or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', k): raise ValueError(f'to_yaml: key {k!r} is not a plain name')
+            c = comments.get((*path, k))
+            tail, pre = (f"  # {' '.join(str(c).split())}" if c else ''), '  ' * ind + k + ':'
+            if isinstance(v, dict) and v: out.append(pre + tail); walk(v, (*path, k), ind + 1)
+            elif isinstance(v, dict): out.append(f'{pre} {{}}{tail}')
+            elif isinstance(v, (list, tuple)): out.append(f"{pre} [{', '.join(map(_yaml_scalar, v))}]{tail}")
+            else: out.append(f'{pre} {_yaml_scalar(v)}{tail}')
+    walk(d, (), 0)
+    return '\n'.join(out) + '\n'
+
+# %% ../nbs/07_features.ipynb #e2b3c4d5
+def tal_config_parser() -> argparse.ArgumentParser:
+    "The argument parser of `pal-tal-config`."
+    ap = argparse.ArgumentParser(prog='pal-tal-config', description='An ActionFormer config (YAML) that reads a pal-extract folder and an '
+                                 'ActivityNet-style annotation JSON (e.g. pal-toybench\'s annotations.json) as they are: the dataset block '
+                                 'from the manifest, and the values short videos need. Exits with 1 when the two do not fit together.')
+    ap.add_argument('--features', required=True, help='a pal-extract --out folder')
+    ap.add_argument('--annotations', required=True, help='ActivityNet-style JSON with subset, duration, fps, label and label_id')
+    ap.add_argument('--out', default=None, help='YAML file to write (default: print it)')
+    ap.add_argument('--train-split', nargs='+', default=['training'], help='subsets to train on (default: training)')
+    ap.add_argument('--val-split', nargs='+', default=['testing'], help='subsets to evaluate on (default: testing)')
+    ap.add_argument('--win-size', type=int, default=-1, help="ActionFormer's n_mha_win_size (default: -1, global attention)")
+    ap.add_argument('--h5', action='store_true', help='read OUT/features.hdf5 (pal-extract --format h5) instead of the .npy files')
+    return ap
+
+def tal_config_cli(argv: Sequence[str] | None = None) -> int:
+    "`pal-tal-config --features DIR --annotations JSON [--out CFG.yaml]`: an ActionFormer config for pal-extract features; returns the exit status."
+    a = tal_config_parser().parse_args(argv)
+    try: cfg, comments, notes = actionformer_config(a.features, a.annotations, a.train_split, a.val_split, a.win_size, a.h5)
+    except ExtractError as e:
+        print(f'pal-tal-config: error: {e}', file=sys.stderr); return 1
+    man = _read_manifest(Path(a.features))
+    text = to_yaml(cfg, comments, [f"ActionFormer config for the features in {cfg['dataset']['feat_folder']} (pal-tal-config)",
+                                   f"encoder {_encoder_text(man)}; {man['num_videos']} videos",
+                                   'run: python train.py THIS.yaml (ActionFormer trains on devices: [cuda:0] unless told otherwise)'])
+    if a.out:
+        p = Path(a.out); p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f'.{p.name}.{os.getpid()}.tmp'); tmp.write_text(text); os.replace(tmp, p)
+        print(f'pal-tal-config: wrote {p}')
+    else: print(text, end='')
+    for n in notes: print(f'pal-tal-config: note: {n}', file=sys.stderr)
+    return 0
 
 # %% ../nbs/07_features.ipynb #9f49e5fe
 def row_labels(times: np.ndarray,  # [N] seconds of each row

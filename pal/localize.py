@@ -367,8 +367,10 @@ class FeatureVideo:
     "Frozen features of one video and the time (seconds) of each row."
     name: str
     feats: np.ndarray # [N, C] float32
-    times: np.ndarray # [N] seconds, centre of each row's clip, increasing and evenly spaced
-    duration: float | None = None # seconds; default: last time + half a stride
+    times: np.ndarray # [N] seconds each row stands for (pal-extract: where its feature looks), increasing; spacing may vary
+    duration: float | None = None # seconds; default: the last row's end (`ends`), else the last time + half a step
+    starts: np.ndarray | None = None # [N] seconds each row's frames start (pal-extract's manifest), optional
+    ends: np.ndarray | None = None # [N] seconds each row's frames end, optional
     def __post_init__(self):
         self.feats = np.asarray(self.feats, dtype=np.float32)
         self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
@@ -376,18 +378,39 @@ class FeatureVideo:
             raise ValueError(f"{self.name}: features {self.feats.shape} and times {self.times.shape} must be [N, C] and [N], N > 0")
         if len(self.times) > 1 and not np.all(np.diff(self.times) > 0):
             raise ValueError(f"{self.name}: row times must increase")
-        if self.duration is None: self.duration = float(self.times[-1] + self.stride / 2)
+        for k in ('starts', 'ends'):
+            v = getattr(self, k)
+            if v is not None:
+                setattr(self, k, v := np.asarray(v, dtype=np.float64).reshape(-1))
+                if v.shape != self.times.shape: raise ValueError(f"{self.name}: {k} {v.shape} must match times {self.times.shape}")
+        if self.duration is None:
+            self.duration = float(self.ends[-1]) if self.ends is not None else float(self.times[-1] + self._steps()[1] / 2)
+    def _steps(self) -> tuple[float, float]:
+        "Seconds per row before the first row and after the last: the first and last steps between rows (one row: its span, else its duration)."
+        if len(self.times) > 1: return float(self.times[1] - self.times[0]), float(self.times[-1] - self.times[-2])
+        one = float(self.ends[0] - self.starts[0]) if self.starts is not None and self.ends is not None else float(self.duration or 1.0)
+        return one, one
     @property
     def stride(self) -> float:
-        "Seconds between consecutive rows (median step)."
-        return float(np.median(np.diff(self.times))) if len(self.times) > 1 else float(self.duration or 1.0)
-    def to_rows(self, t): return (np.asarray(t, dtype=np.float64) - self.times[0]) / self.stride
-    def to_seconds(self, r): return self.times[0] + np.asarray(r, dtype=np.float64) * self.stride
+        "Typical seconds between consecutive rows (the median step; rows of a variable-frame-rate video are not evenly spaced: see `to_rows`)."
+        return float(np.median(np.diff(self.times))) if len(self.times) > 1 else self._steps()[0]
+    def to_rows(self, t):
+        "Seconds -> fractional row positions: linear between the rows' own times, continued with the first/last step outside them."
+        t = np.asarray(t, dtype=np.float64); (lo, hi), n = self._steps(), len(self.times)
+        r = np.interp(t, self.times, np.arange(n, dtype=np.float64))
+        r = np.where(t < self.times[0], (t - self.times[0]) / lo, r)
+        return np.where(t > self.times[-1], n - 1 + (t - self.times[-1]) / hi, r)
+    def to_seconds(self, r):
+        "Fractional row positions -> seconds: the inverse of `to_rows`."
+        r = np.asarray(r, dtype=np.float64); (lo, hi), n = self._steps(), len(self.times)
+        t = np.interp(r, np.arange(n, dtype=np.float64), self.times)
+        t = np.where(r < 0, self.times[0] + r * lo, t)
+        return np.where(r > n - 1, self.times[-1] + (r - (n - 1)) * hi, t)
 
 # %% ../nbs/08_localization.ipynb #e6d9251e
-def load_features(folder, # a pal-extract output folder: NAME.npy per video and manifest.json
+def load_features(folder, # a pal-extract output folder: <id>.npy per video and manifest.json
                  ) -> dict[str, FeatureVideo]:
-    "Features and row times of every video in a `pal-extract` folder."
+    "Features and row times (centres, and starts and ends where the manifest has them) of every video in a `pal-extract` folder."
     folder = Path(folder); mf = folder / 'manifest.json'
     if not mf.is_file(): raise FileNotFoundError(f"{mf}: manifest not found (expected a pal-extract output folder)")
     try: man = json.loads(mf.read_text())
@@ -402,7 +425,7 @@ def load_features(folder, # a pal-extract output folder: NAME.npy per video and 
         npy = folder / (v.get('features') or v.get('file') or f'{name}.npy')
         if not npy.is_file(): raise FileNotFoundError(f"{npy}: features of video {name!r} named in {mf} are missing")
         dur = v.get('duration') or (v['num_frames'] / v['fps'] if v.get('num_frames') and v.get('fps') else None)
-        out[name] = FeatureVideo(name, np.load(npy), times, dur)
+        out[name] = FeatureVideo(name, np.load(npy), times, dur, v.get('starts'), v.get('ends'))
     return out
 
 # %% ../nbs/08_localization.ipynb #d234746e
@@ -420,7 +443,8 @@ def make_targets(video: FeatureVideo, # the video's features and row times
         if not inside.any(): inside[np.argmin(np.abs(t - (s + e) / 2))] = True
         take = inside & (e - s < best)
         cls[take] = 0; cls[take, int(l)] = 1
-        reg[take] = np.stack([t[take] - s, e - t[take]], 1) / video.stride
+        rows = np.nonzero(take)[0]
+        reg[take] = np.stack([rows - video.to_rows(s), video.to_rows(e) - rows], 1)  # in rows, by the rows' own times
         best[take] = e - s
     return cls, reg
 
@@ -612,8 +636,8 @@ def decode_video(head: LocHead, video: FeatureVideo,
     flat = prob.flatten(); keep = torch.nonzero(flat > pre_thresh).flatten()
     keep = keep[torch.argsort(flat[keep], descending=True)[:top_k]]
     rows, labels = keep // prob.shape[1], keep % prob.shape[1]
-    t = torch.from_numpy(video.times)[rows]
-    segs = torch.stack([t - dist[rows, 0] * video.stride, t + dist[rows, 1] * video.stride], 1).clamp(0, video.duration)
+    r, d = rows.double().numpy(), dist[rows].numpy()  # row positions and distances in rows
+    segs = torch.from_numpy(np.stack([video.to_seconds(r - d[:, 0]), video.to_seconds(r + d[:, 1])], 1)).clamp(0, video.duration)
     ok = segs[:, 1] > segs[:, 0]
     segs, sc, lb = soft_nms(segs[ok], flat[keep][ok].double(), labels[ok], sigma=sigma, max_segs=max_segs)
     return [{'segment': [round(float(s), 4), round(float(e), 4)], 'label': head.classes[int(l)], 'score': round(float(x), 6)}

@@ -1,5 +1,5 @@
 "Tests for pal.features: rows and times as the manifest claims, seamless windowed extraction, bad files, shipped checkpoints."
-import json, math, shutil, threading
+import json, math, os, shutil, threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from pal.features import (ClipGrid, extract, extract_cli, extract_features, feat
 from pal.samples import sample_dir
 from pal.sampling import PasteConfig
 from pal.train import TrainConfig, TrainingError, load_encoder
-from pal.video import VideoReader, VideoError
+from pal.video import VideoReader, VideoError, check_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def extracted(tmp_path_factory):
     (vids / 'sub' / 'text.mp4').write_text('not a video')
     (vids / 'empty.avi').write_bytes(b'')
     lines = []
-    man = extract('random', vids, d / 'out', window=3, progress=False, log=lines.append)
+    man = extract('random', vids, d / 'out', window=3, progress=False, log=lines.append, keep_tree=True)  # ids = paths under vids
     return d, man, lines
 
 
@@ -75,6 +75,8 @@ def test_bad_videos_are_named_and_skipped(extracted):
     skipped = [l for l in lines if 'skipping' in l]
     assert len(skipped) == 2 and any('text.mp4' in l for l in skipped) and any('empty.avi' in l for l in skipped)
     assert json.loads((d / 'out' / 'manifest.json').read_text())['skipped'] == man['skipped']
+    for s in man['skipped']:  # pal-probe's reason, word for word
+        assert s['error'] == check_video(d / 'videos' / s['file']).reason and f"{s['file']}: {s['error']}" in '\n'.join(lines)
 
 
 def test_nothing_usable_exits_nonzero(tmp_path, capsys):
@@ -356,3 +358,275 @@ def test_manifest_times_of_variable_frame_rate_files_follow_their_timestamps(tmp
             assert np.all(np.abs(np.array(v[k]) - want) <= 0.01 * clip + 1e-4), k  # within 1 % of a clip (timestamp rounding)
         nominal = g.times()  # what (i * stride + clip_frames / 2) / fps said
         assert nominal[-1] < 0.6 * centres[-1]  # the nominal rate would put the last row far too early
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what the field loads: flat ids, merged manifests, dataset values, CSV / HDF5, the ActionFormer config
+
+from pal.features import (video_ids, open_manifest, dataset_values, write_csv, read_csv, rescale_features, write_video_info,
+                          read_h5, H5_FILE, VIDEO_INFO_COLUMNS, actionformer_config, actionformer_num_frames, seq_len_multiple,
+                          to_yaml, tal_config_cli, ACTIONFORMER_DATASET_KEYS)
+
+
+def _split_folders(root, splits={'train': ['plaid.mp4', 'dots.avi'], 'test': ['rings.avi', 'waves.webm']}):
+    for split, files in splits.items():
+        (root / split).mkdir(parents=True)
+        for f in files: shutil.copy(sample_dir() / f, root / split / f)
+    return root
+
+
+def test_flat_ids_and_clashes(tmp_path, capsys):
+    "Ids are file stems in one flat folder; two files with one stem stop the run before anything is written, naming both."
+    vids = _split_folders(tmp_path / 'v', {'a': ['plaid.mp4'], 'b': ['dots.avi']})
+    shutil.copy(sample_dir() / 'rings.avi', vids / 'b' / 'plaid.avi')  # stem 'plaid' again, other folder
+    with pytest.raises(SystemExit) as e:
+        extract_cli(['--checkpoint', 'random', '--videos', str(vids), '--out', str(tmp_path / 'o'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and str(vids / 'a' / 'plaid.mp4') in err and str(vids / 'b' / 'plaid.avi') in err and '--keep-tree' in err
+    assert not (tmp_path / 'o').exists()
+    assert video_ids([Path('v/a/x.mp4'), Path('v/b/y.avi')], Path('v')) == ['x', 'y']
+    extract_cli(['--checkpoint', 'random', '--videos', str(vids), '--out', str(tmp_path / 't'), '--no-progress', '--keep-tree', '--window', '3'])
+    assert sorted(json.loads((tmp_path / 't' / 'manifest.json').read_text())['videos']) == ['a/plaid', 'b/dots', 'b/plaid']
+    assert (tmp_path / 't' / 'b' / 'plaid.npy').is_file()
+
+
+@pytest.fixture(scope='module')
+def two_runs(tmp_path_factory):
+    "Two splits extracted one run each into one folder, with CSV and HDF5."
+    d = tmp_path_factory.mktemp('runs')
+    _split_folders(d / 'v')
+    mans = [extract('random', d / 'v' / s, d / 'o', window=3, progress=False, log=None, formats=('npy', 'csv', 'h5')) for s in ('train', 'test')]
+    return d, mans
+
+
+def test_runs_into_one_folder_merge_their_manifests(two_runs):
+    d, (first, man) = two_runs
+    assert sorted(first['videos']) == ['dots', 'plaid'] and sorted(man['videos']) == ['dots', 'plaid', 'rings', 'waves']
+    on_disk = json.loads((d / 'o' / 'manifest.json').read_text())
+    assert on_disk['videos'] == man['videos'] and [r['extracted'] for r in on_disk['runs']] == [2, 2]
+    assert sorted(p.name for p in (d / 'o').glob('*.npy')) == ['dots.npy', 'plaid.npy', 'rings.npy', 'waves.npy']  # flat
+    for name, v in man['videos'].items():
+        assert v['features'] == f'{name}.npy' and v['source'] == str((d / 'v' / ('train' if name in first['videos'] else 'test') / v['file']).resolve())
+        assert np.load(d / 'o' / v['features']).shape == (v['rows'], man['dim'])
+    # folder-wide values: rows of the longest video, no single fps (12, 24, 25 fps), the grid
+    assert man['num_videos'] == 4 and man['max_rows'] == max(v['rows'] for v in man['videos'].values()) == math.ceil(125 / 16)
+    assert man['fps'] is None and 'frame rates' in man['fps_note']
+    assert (man['feature_stride'], man['clip_frames'], man['dim'], man['feature_offset']) == (16, 16, 128, -0.1875)
+    assert len(man['encoder_sha256']) == 64 and man['layout'] == 'flat' and man['formats'] == ['npy', 'csv', 'h5']
+
+
+def test_csv_and_hdf5_round_trip_to_the_npy_arrays(two_runs):
+    d, (_, man) = two_runs
+    h5 = read_h5(d / 'o' / H5_FILE)
+    assert sorted(h5) == sorted(man['videos'])
+    import h5py
+    with h5py.File(d / 'o' / H5_FILE, 'r') as h:
+        assert json.loads(h.attrs['pal_manifest'])['encoder_sha256'] == man['encoder_sha256'] and h.attrs['feature_stride'] == 16
+        for name, v in man['videos'].items():
+            np.testing.assert_array_equal(h[name].attrs['times'], v['times'])
+            assert h[name].attrs['fps'] == v['fps'] and h[name].dtype == np.float32
+    for name, v in man['videos'].items():
+        npy = np.load(d / 'o' / v['features'])
+        assert v['csv'] == f'csv/{name}.csv'
+        np.testing.assert_array_equal(read_csv(d / 'o' / v['csv']), npy)  # bit for bit
+        np.testing.assert_array_equal(h5[name], npy)
+        header = (d / 'o' / v['csv']).read_text().splitlines()[0]
+        assert header == ','.join(f'f{c}' for c in range(128))  # BSN's column names; no time column (pandas .values reads every column)
+    rows = (d / 'o' / 'video_info.csv').read_text().splitlines()
+    assert rows[0] == ','.join(VIDEO_INFO_COLUMNS) == 'video,numFrame,seconds,fps,rfps,subset,featureFrame'
+    info = {r.split(',')[0]: r.split(',') for r in rows[1:]}
+    assert sorted(info) == sorted(man['videos'])
+    rings = info['rings']
+    assert (int(rings[1]), float(rings[2]), float(rings[4]), int(rings[6])) == (125, man['videos']['rings']['duration'], 25.0, 125)
+    assert float(rings[3]) == pytest.approx(125 / man['videos']['rings']['duration'])
+
+
+def test_csv_round_trip_is_exact_for_any_float32(tmp_path):
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32) * np.float32(10.0) ** np.arange(-20, 15, 7, dtype=np.float32)
+    x[0, 0], x[1, 1] = np.float32(np.finfo(np.float32).tiny), -np.float32(np.finfo(np.float32).max)
+    write_csv(tmp_path / 'a.csv', x); np.testing.assert_array_equal(read_csv(tmp_path / 'a.csv'), x)
+    write_csv(tmp_path / 'b.csv', x[:1]); np.testing.assert_array_equal(read_csv(tmp_path / 'b.csv'), x[:1])  # one row
+
+
+def _bsn_pool(data, x, corrected_second, num_prop=100, num_sample_bin=3):
+    "BSN's poolData (data_process.py), restated: snippet centres x, mean of linearly interpolated samples per bin (zeros outside x)."
+    f = lambda xs: np.stack([np.interp(xs, x, data[:, c]) for c in range(data.shape[1])], 1)  # scipy's interp1d, linear, inside x
+    out = []
+    for i in range(num_prop):
+        xmin = max(x[0] + 0.0001, i / num_prop * corrected_second)
+        xmax = min(x[-1] - 0.0001, (i + 1) / num_prop * corrected_second)
+        if xmax < x[0] or xmin > x[-1]: out.append(np.zeros(data.shape[1])); continue
+        plen = (xmax - xmin) / (num_sample_bin - 1)
+        out.append(f([xmin + plen * k for k in range(num_sample_bin)]).mean(0))
+    return np.stack(out)
+
+
+def test_rescale_is_bsn_pooling():
+    rng = np.random.default_rng(1)
+    feats, times = rng.normal(size=(30, 4)), (np.arange(30) + 0.5) * 0.5  # rows every 0.5 s, 15 s
+    got = rescale_features(feats, times, 15.0, 100)
+    ref = _bsn_pool(feats, times, 15.0)
+    inner = [i for i in range(100) if times[0] + 1e-4 <= i * 0.15 and (i + 1) * 0.15 <= times[-1] - 1e-4]  # bins BSN does not clip
+    assert len(inner) > 90 and got.shape == (100, 4) and got.dtype == np.float32
+    np.testing.assert_allclose(got[inner], ref[inner], atol=1e-5)
+    lin = rescale_features(np.c_[times], times, 15.0, 10)  # a feature equal to its time: each bin's mean sample time, held at the ends
+    pts = np.arange(10)[:, None] * 1.5 + np.array([0, 0.75, 1.5])  # bin start, middle and end
+    np.testing.assert_allclose(lin[:, 0], np.clip(pts, 0.25, 14.75).mean(1), atol=1e-5)
+
+
+def test_another_encoder_or_setting_is_refused_and_one_file_is_one_id(two_runs, tmp_path):
+    d, (_, man) = two_runs
+    before = (d / 'o' / 'manifest.json').read_text()
+    with pytest.raises(ExtractError, match='another encoder') as e:
+        extract(ROOT / 'checkpoints' / 'pal.pt', d / 'v' / 'test', d / 'o', progress=False, log=None, formats=('npy', 'csv', 'h5'))
+    assert 'pal.pt' in str(e.value) and 'random' in str(e.value)
+    with pytest.raises(ExtractError, match='other settings.*frame_stride 2 there, 1 now'):
+        extract('random', d / 'v' / 'test', d / 'o', frame_stride=1, progress=False, log=None, formats=('npy', 'csv', 'h5'))
+    with pytest.raises(ExtractError, match='formats'): extract('random', d / 'v' / 'test', d / 'o', progress=False, log=None)
+    other = _split_folders(tmp_path / 'w', {'x': ['checker.mp4']}) / 'x'
+    shutil.move(other / 'checker.mp4', other / 'dots.mp4')  # another file that would be id 'dots'
+    with pytest.raises(ExtractError, match="id 'dots'"):
+        extract('random', other, d / 'o', progress=False, log=None, formats=('npy', 'csv', 'h5'))
+    assert (d / 'o' / 'manifest.json').read_text() == before  # refused runs change nothing
+    # the same encoder under another file name is the same encoder
+    enc, cfg, _ = load_model('random'); save_encoder(tmp_path / 'copy.pt', cfg, enc, 'random')
+    again = extract(tmp_path / 'copy.pt', d / 'v' / 'test', tmp_path / 'o2', window=3, progress=False, log=None)
+    assert again['encoder_sha256'] == man['encoder_sha256']
+    old = tmp_path / 'old'; old.mkdir(); (old / 'manifest.json').write_text(json.dumps({'format': 'pal-features-1', 'videos': {}}))
+    with pytest.raises(ExtractError, match='older pal-extract'): open_manifest(old, {**man, 'videos': {}})
+
+
+def test_rerun_replaces_entries_and_a_now_broken_file_is_forgotten(tmp_path):
+    vids = _split_folders(tmp_path / 'v', {'a': ['dots.avi', 'plaid.mp4']}) / 'a'
+    extract('random', vids, tmp_path / 'o', window=3, progress=False, log=None)
+    (vids / 'plaid.mp4').write_bytes(b'broken now')
+    lines = []
+    man = extract('random', vids, tmp_path / 'o', window=3, progress=False, log=lines.append)
+    assert list(man['videos']) == ['dots'] and not (tmp_path / 'o' / 'plaid.npy').exists()
+    assert [s['file'] for s in man['skipped']] == ['plaid.mp4'] and any('earlier features' in l for l in lines)
+    shutil.copy(sample_dir() / 'plaid.mp4', vids / 'plaid.mp4')  # mended: its skip is forgotten
+    man = extract('random', vids, tmp_path / 'o', window=3, progress=False, log=None)
+    assert sorted(man['videos']) == ['dots', 'plaid'] and man['skipped'] == [] and len(man['runs']) == 3
+
+
+def test_dataset_values_say_when_no_fps_fits():
+    g = ClipGrid(40, 10.0, 4, 1)
+    def video(fps, times=None):
+        g = ClipGrid(40, fps, 4, 1)
+        return dict(num_frames=40, fps=fps, rows=g.rows, times=(g.times(-0.375) if times is None else times).tolist())
+    man = dict(clip_len=4, frame_stride=1, feature_offset=-0.375, videos={'a': video(10.0), 'b': video(10.0)})
+    assert dataset_values(man) == dict(num_videos=2, max_rows=10, fps=10.0, fps_note='every video 10 fps, and its rows follow that rate')
+    man['videos']['c'] = video(12.5)
+    assert dataset_values(man)['fps'] is None and '2 frame rates (10, 12.5 fps)' in dataset_values(man)['fps_note']
+    man['videos']['c'] = video(10.0, g.times(-0.375) * 1.5)  # timestamps 1.5x apart: the header rate does not time the rows
+    v = dataset_values(man)
+    assert v['fps'] is None and '1 of 3 videos (c)' in v['fps_note']
+
+
+def test_problem_files_warn_in_the_log_and_manifest(tmp_path):
+    "A file cut short is read as far as it goes, with check_video's warning in the log and the entry."
+    from pal.samples import cut_mid_packet
+    vids = tmp_path / 'v'; vids.mkdir()
+    _, n = cut_mid_packet(sample_dir() / 'rings.avi', vids / 'cut.avi', .5)
+    want = check_video(vids / 'cut.avi', (40, 40)).warnings
+    lines = []
+    man = extract('random', vids, tmp_path / 'o', window=3, progress=False, log=lines.append)
+    v = man['videos']['cut']
+    assert want and v['warnings'] == want and 'cut short' in want[0] and v['num_frames'] == n
+    assert any(l.endswith(f'cut.avi: warning: {want[0]}') for l in lines)
+
+
+def test_to_yaml_reads_back_with_pyyaml():
+    yaml = pytest.importorskip('yaml')
+    d = dict(a=1, b=1e-5, b2=1e-4, c=2.5e20, d=None, e=True, f='x: y # z "q"', g=[0.9, 1.0, -3], h=dict(i='.npy', j=[], k={}, l=float('inf')),
+             m=0.001, n=1.0, o='null', p='1e-4', q='ünï')
+    text = to_yaml(d, {('h', 'i'): 'a comment # with a hash', ('a',): 'one'}, header=['top', ''])
+    assert yaml.load(text, Loader=yaml.FullLoader) == d  # ActionFormer's loader
+    assert 'b: 1.0e-05' in text and 'b2: 0.0001' in text and text.startswith('# top\n#\n') and 'i: ".npy"  # a comment # with a hash' in text
+    with pytest.raises(ValueError): to_yaml({'a b': 1})
+
+
+def test_seq_len_multiple_is_actionformers_divisibility():
+    assert seq_len_multiple() == 32  # default backbone_arch (2, 2, 5), global attention
+    assert seq_len_multiple(win_size=19) == 576  # THUMOS config: max_seq_len 2304 = 4 x 576
+    assert seq_len_multiple(win_size=[25, 25, 25, 25, 25, -1]) == 16 * 24  # ActivityNet config: 768 = 2 x 384
+    assert actionformer_num_frames(dict(clip_frames=16, feature_offset=-0.1875)) == 10
+    assert actionformer_num_frames(dict(clip_frames=4, feature_offset=-0.375)) == 1
+
+
+# ActionFormer's dataset classes (libs/datasets/anet.py, thumos14.py) take these keyword arguments from the config's
+# `dataset:` block, besides is_training and split: a key more or less is a TypeError there.
+AF_DATASET_ARGS = {'feat_folder', 'json_file', 'feat_stride', 'num_frames', 'default_fps', 'downsample_rate', 'max_seq_len', 'trunc_thresh',
+                   'crop_ratio', 'input_dim', 'num_classes', 'file_prefix', 'file_ext', 'force_upsampling'}
+
+
+@pytest.fixture(scope='module')
+def toy_features(tmp_path_factory):
+    "pal-toybench, pal-extract once per split into one folder, pal-tal-config: the commands a researcher runs."
+    from pal.toybench import toybench_cli
+    d = tmp_path_factory.mktemp('toy')
+    assert toybench_cli(['--out', str(d / 'T'), '--n-unlabeled', '0', '--n-train', '6', '--n-test', '3', '--no-progress']) == 0
+    for s in ('train', 'test'):
+        extract_cli(['--checkpoint', str(ROOT / 'checkpoints' / 'pal.pt'), '--videos', str(d / 'T' / s), '--out', str(d / 'F'), '--no-progress',
+                     '--annotations', str(d / 'T' / 'annotations.json'), '--format', 'npy', 'csv', 'h5', '--rescale', '100'])
+    assert tal_config_cli(['--features', str(d / 'F'), '--annotations', str(d / 'T' / 'annotations.json'), '--out', str(d / 'cfg.yaml')]) == 0
+    return d
+
+
+def test_actionformer_reads_the_folder_with_its_own_rules(toy_features):
+    "The config, read as ActionFormer reads it, finds every video's features, and its row-time rule gives the manifest's times."
+    yaml = pytest.importorskip('yaml')
+    d = toy_features
+    cfg = yaml.load((d / 'cfg.yaml').read_text(), Loader=yaml.FullLoader)
+    ds = cfg['dataset']
+    assert set(ds) == AF_DATASET_ARGS and tuple(ds) == ACTIONFORMER_DATASET_KEYS
+    assert cfg['dataset_name'] == 'anet' and cfg['train_split'] == ['training'] and cfg['val_split'] == ['testing']
+    assert cfg['output_folder'] and cfg['model']['n_mha_win_size'] == -1 and cfg['opt']['learning_rate'] == 1e-3
+    man = json.loads((Path(ds['feat_folder']) / 'manifest.json').read_text())
+    db = json.loads(Path(ds['json_file']).read_text())['database']
+    label_dict = {a['label']: a['label_id'] for v in db.values() for a in v['annotations']}  # as ActionFormer builds it
+    assert len(label_dict) == ds['num_classes'] and sorted(label_dict.values()) == list(range(ds['num_classes']))
+    assert (ds['input_dim'], ds['feat_stride'], ds['num_frames'], ds['default_fps']) == (128, 4, 1, 8)
+    assert ds['max_seq_len'] % 32 == 0 and man['max_rows'] <= ds['max_seq_len'] < man['max_rows'] + 32
+    seen = 0
+    for vid, v in db.items():
+        if v['subset'].lower() not in cfg['train_split'] + cfg['val_split']: continue
+        feats = np.load(os.path.join(ds['feat_folder'], (ds['file_prefix'] or '') + vid + ds['file_ext'])).astype(np.float32)
+        m = man['videos'][vid]
+        assert feats.shape == (m['rows'], ds['input_dim']) and m['subset'] == v['subset']
+        fps = ds['default_fps'] if ds['default_fps'] is not None else v['fps']
+        t_af = (np.arange(feats.shape[0]) * ds['feat_stride'] + 0.5 * ds['num_frames']) / fps  # ActionFormer: row -> seconds
+        np.testing.assert_allclose(np.minimum(t_af, m['duration']), m['times'], atol=1e-6)
+        segs = np.array([a['segment'] for a in v['annotations']], np.float32)
+        grid = (segs * fps - 0.5 * ds['num_frames']) / ds['feat_stride']  # ActionFormer: seconds -> rows
+        np.testing.assert_allclose(np.interp(grid, np.arange(m['rows']), m['times']), np.clip(segs, m['times'][0], m['times'][-1]), atol=1e-5)
+        seen += 1
+    assert seen == 9 == man['num_videos']
+    info = (Path(ds['feat_folder']) / 'video_info.csv').read_text().splitlines()
+    assert sorted(r.split(',')[5] for r in info[1:]) == ['testing'] * 3 + ['training'] * 6
+    for vid, m in man['videos'].items():
+        x = np.load(Path(ds['feat_folder']) / m['features'])
+        np.testing.assert_array_equal(read_h5(Path(ds['feat_folder']) / H5_FILE)[vid], x)
+        np.testing.assert_allclose(read_csv(Path(ds['feat_folder']) / 'csv_mean_100' / f'{vid}.csv'),
+                                   rescale_features(x, m['times'], m['duration'], 100), rtol=0, atol=0)
+
+
+def test_tal_config_refuses_what_actionformer_could_not_read(toy_features, tmp_path, capsys):
+    d = toy_features
+    db = json.loads((d / 'T' / 'annotations.json').read_text())
+    def run(db, *extra):
+        (tmp_path / 'a.json').write_text(json.dumps(db)); capsys.readouterr()
+        rc = tal_config_cli(['--features', str(d / 'F'), '--annotations', str(tmp_path / 'a.json'), *extra])
+        return rc, capsys.readouterr()
+    more = json.loads(json.dumps(db)); more['database']['ghost'] = {**db['database']['test_0000'], 'subset': 'testing'}
+    rc, o = run(more); assert rc == 1 and 'ghost' in o.err and 'no features' in o.err
+    no_id = json.loads(json.dumps(db)); del next(iter(no_id['database'].values()))['annotations'][0]['label_id']
+    rc, o = run(no_id); assert rc == 1 and "'label_id'" in o.err
+    gap = json.loads(json.dumps(db))
+    for v in gap['database'].values():
+        for a in v['annotations']: a['label_id'] += 1
+    rc, o = run(gap); assert rc == 1 and '0..K-1' in o.err
+    rc, o = run(db, '--train-split', 'nope', '--val-split', 'nope'); assert rc == 1 and 'no video in subset' in o.err
+    rc, o = run(db, '--h5', '--win-size', '19')
+    cfg = __import__('yaml').safe_load(o.out)
+    assert rc == 0 and cfg['dataset']['feat_folder'].endswith(H5_FILE) and cfg['dataset']['max_seq_len'] == 576

@@ -493,6 +493,34 @@ def test_feature_video_checks():
         FeatureVideo('x', np.zeros((3, 2)), [0, 1])
 
 
+def test_uneven_rows_convert_by_their_own_times():
+    "Rows of a variable-frame-rate video: seconds <-> rows interpolate between the rows' times, not one median stride."
+    t = np.array([0.25, 0.75, 1.25, 1.75, 3.0, 5.0])  # 0.5 s apart, then 1.25 and 2 s
+    v = FeatureVideo('vfr', np.zeros((6, 2)), t, starts=[0, .5, 1, 1.5, 2, 4], ends=[.5, 1, 1.5, 2, 4, 6])
+    assert v.duration == 6.0 and v.stride == 0.5  # the last row's end; the median step
+    np.testing.assert_allclose(v.to_rows(t), np.arange(6))
+    np.testing.assert_allclose(v.to_rows([0.0, 1.5, 2.375, 4.0, 6.0]), [-0.5, 2.5, 3.5, 4.5, 5.5])  # outside: first / last step
+    x = np.linspace(-2, 8, 41)
+    np.testing.assert_allclose(v.to_seconds(v.to_rows(x)), x, atol=1e-12)
+    np.testing.assert_allclose(v.to_rows(v.to_seconds(x)), x, atol=1e-12)
+    # targets in rows: the action [1.5, 4.0] s spans rows 2.5 .. 4.5 (a median stride would say 2.5 .. 7.5)
+    cls, reg = make_targets(v, [[1.5, 4.0]], [1], 2)
+    assert cls[:, 1].nonzero()[0].tolist() == [3, 4]
+    np.testing.assert_allclose(reg[[3, 4]], [[0.5, 1.5], [1.5, 0.5]])
+    # decoding undoes it: a head that says "from 1.5 rows before to 0.5 after" at row 4 gives [1.5, 4.0] s
+    class Stub(torch.nn.Module):
+        classes = ['a', 'b']
+        def __init__(self): super().__init__(); self.mean = torch.nn.Parameter(torch.zeros(1))
+        def forward(self, x):
+            logits = torch.full((1, 2, 6), -20.0); logits[0, 1, 4] = 20.0
+            return logits, torch.tensor([[1.5, 0.5]] * 6).T[None]
+    out = decode_video(Stub(), v, pre_thresh=0.5)
+    assert [d['label'] for d in out] == ['b'] and out[0]['segment'] == [1.5, 4.0]
+    even = FeatureVideo('even', np.zeros((6, 2)), np.arange(6) * 0.5 + 0.25)  # evenly spaced: the stride rule, unchanged
+    np.testing.assert_allclose(even.to_rows([0.0, 1.0, 4.0]), (np.array([0.0, 1.0, 4.0]) - 0.25) / 0.5)
+    with pytest.raises(ValueError, match='starts'): FeatureVideo('x', np.zeros((2, 2)), [0, 1], starts=[0])
+
+
 def test_giou_loss_values():
     l = giou_loss_1d(torch.tensor([[1., 1.], [1., 1.], [0., 1.]]), torch.tensor([[1., 1.], [2., 2.], [-2., 3.]]))
     # identical; nested (IoU 1/2); disjoint [0,1] vs [2,3]: IoU 0, enclosing 3, union 2
@@ -505,6 +533,11 @@ def test_load_features(tmp_path):
     (tmp_path / 'manifest.json').write_text(json.dumps(man))
     f = load_features(tmp_path)
     assert list(f) == ['v1'] and f['v1'].feats[1].tolist() == [3, 4, 5] and f['v1'].duration == 2.5
+    assert f['v1'].starts is None and f['v1'].ends is None  # an older manifest: centres only
+    man['videos']['v1'].update(duration=None, starts=[0.25, 0.75, 1.5, 1.75], ends=[0.75, 1.5, 1.75, 2.25], times=[0.5, 1.0, 1.6, 2.0])
+    (tmp_path / 'manifest.json').write_text(json.dumps(man))
+    g = load_features(tmp_path)['v1']
+    assert g.ends.tolist() == [0.75, 1.5, 1.75, 2.25] and g.to_rows(1.3) == pytest.approx(1.5)  # uneven: by the rows' own times
     man['videos']['v2'] = {'times': [0.5]}
     (tmp_path / 'manifest.json').write_text(json.dumps(man))
     with pytest.raises(FileNotFoundError, match='v2.npy'):
