@@ -330,7 +330,7 @@ def dataset_values(man: dict) -> dict:
     fps, note = None, 'no videos'
     if off: note = (f"{len(off)} of {len(vs)} videos ({_few(off)}) have rows whose times do not follow their nominal frame rate "
                     "(variable frame rate, or a header rate that is not the timestamps'): no fps converts their rows to seconds; use the manifest's times")
-    elif len(rates) > 1: note = f'{len(rates)} frame rates ({_few(rates)} fps): no single fps; give each video its fps in the annotation JSON'
+    elif len(rates) > 1: note = f'{len(rates)} frame rates ({_few(rates, 6)} fps): no single fps; give each video its fps in the annotation JSON'
     elif rates: fps, note = rates[0], f'every video {rates[0]:g} fps, and its rows follow that rate'
     return dict(num_videos=len(vs), max_rows=max((v['rows'] for v in vs.values()), default=0), fps=fps, fps_note=note)
 
