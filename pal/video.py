@@ -496,13 +496,15 @@ class VideoCheck:
         return (f'{"warn" if self.warnings else "ok":5s} {name}  {self.frames:5d} fr  {self.duration:7.2f} s  {rate}  '
                 f'{self.width}x{self.height}  {self.codec}  {how}' + ''.join(f'  | {w}' for w in self.warnings))
 
+_CHECK_LOCK = threading.Lock()  # `warnings.catch_warnings` swaps process-wide state: one check records at a time
+
 def check_video(path: str | Path,
                 size: tuple[int, int] | None = None,  # (H, W) training decodes to; None: the file's size
                 min_frames: int = 1,  # shorter videos are not usable
                ) -> VideoCheck:
     "Check one video as training and extraction use it: build (or load) its frame table and read its first, middle and last frame."
     path = Path(path)
-    with warnings.catch_warnings(record=True) as caught:
+    with _CHECK_LOCK, warnings.catch_warnings(record=True) as caught:  # threads (pal.train.probe_videos) take turns
         warnings.simplefilter('always', VideoWarning)
         try:
             r = VideoReader(path, size=size)
