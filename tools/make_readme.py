@@ -27,6 +27,7 @@ exporter = MarkdownExporter()
 exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove_input'}), enabled=True)
 body, res = exporter.from_notebook_node(nb, resources={'output_files_dir': 'README_files'})
 body = re.sub(r'\n{3,}', '\n\n', body).strip() + '\n'
+body = re.sub(r'\]\(([\w.-]+\.ipynb(?:#[\w-]*)?)\)', r'](nbs/\1)', body)  # notebook links work from the repository root
 (out_dir/'README.md').write_text(body, encoding='utf-8')
 files = res.get('outputs', {})
 if files: (out_dir/'README_files').mkdir(exist_ok=True)
