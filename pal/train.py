@@ -25,140 +25,17 @@ from .paste import (FrameBank, load_bank, collate_banks, paste_batch, AugmentCon
                        sample_augment, apply_augment, denormalize, show_pair)
 from .encoder import Encoder, BACKBONES
 from .loss import ContrastiveObjective, PAL, VideoContrast
+from .checkpoint import (METHODS, TrainConfig, TrainingError, resolve_device, build_objective, RUN_FILES, save_checkpoint,
+                            load_checkpoint, load_encoder, LOG_COLUMNS, read_log, plot_log, knob_table,
+                            _atomic_write, _open_log, _fmt, _field_docs, _tuples, _LEGACY)
 
 # %% auto #0
-__all__ = ['METHODS', 'RUN_FILES', 'LOG_COLUMNS', 'RESUMABLE', 'TrainConfig', 'TrainingError', 'VideoSource', 'CachedVideo',
-           'probe_videos', 'derive_seed', 'batch_videos', 'window_bank', 'Item', 'PalDataset', 'Batch', 'collate',
-           'StepSampler', 'make_loader', 'make_inputs', 'to_channels_last', 'build_objective', 'lr_factor',
-           'extended_lr_factor', 'restart_warmup', 'make_optimizer', 'make_scheduler', 'save_checkpoint',
-           'load_checkpoint', 'load_encoder', 'read_log', 'plot_log', 'resolve_device', 'Run', 'fit', 'sample_figure',
-           'save_figures', 'pretrain_parser', 'config_from_args', 'pretrain_cli']
-
-# %% ../nbs/06_training.ipynb #ebe96c5d
-def _field_docs(cls) -> dict[str, str]:
-    "The trailing `# comment` of each field of dataclass `cls` (empty if its source cannot be read)."
-    try: src = inspect.getsource(cls)
-    except (OSError, TypeError): return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r'^\s+(\w+)\s*:[^#\n]*#\s*(.*)$', src, re.M)}
-
-def _tuples(d: dict) -> dict:
-    "JSON turns tuples into lists; turn them back."
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-# %% ../nbs/06_training.ipynb #023f5658
-METHODS = ('pal', 'video')
-_LEGACY = dict(mask_region_bins=False, bg_gap=0.0, region_offset=0.0, shuffle_bn=False, sync_bn='off')  # what runs did before these fields existed
-_LEGACY_PASTE = dict(min_span_clips=0.0)
-
-@dataclass
-class TrainConfig:
-    "Every choice a pretraining run depends on; saved as RUN_DIR/config.json and inside each checkpoint."
-    videos: str = 'data_samples'  # folder of videos, searched recursively
-    out: str = 'runs/demo'  # run folder: checkpoint.pt, config.json, log.csv, loss.png, sample.png
-    method: str = 'pal'  # 'pal': pseudo action localization; 'video': video-level contrastive baseline
-    backbone: str = 'tiny'  # 'tiny' (CPU-sized), 'r3d_18' or 'r2plus1d_18'
-    width: int = 16  # stem channels of the tiny backbone
-    mode: str = 'sequence'  # encoder context: 'sequence' (whole synthetic video) or 'clip' (each clip alone)
-    steps: int = 100  # optimizer steps
-    batch_size: int = 6  # source videos per step, over all processes (2 synthetic videos each)
-    size: int = 32  # side of the square frames the encoder sees, px
-    decode_size: tuple[int, int] | None = None  # (H, W) videos are decoded to before cropping; None: about (8/7, 32/21) x size
-    seed: int = 0  # seeds the model, the data stream and the augmentation
-    device: str = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'
-    workers: int = -1  # DataLoader worker processes; -1: 0 when every video is cached in memory, else on CUDA max(1, min(16, CPUs - 1)), on the CPU min(4, CPUs)
-    cache_mb: int = 512  # decode whole videos into memory up to this many MiB (0: decode the needed frames per sample)
-    min_frames: int = 16  # videos with fewer frames are skipped
-    optimizer: str = 'sgd'  # 'sgd' (MoCo v2: momentum and weight decay) or 'adamw'
-    lr: float = 0.003  # peak learning rate (SGD; see the note on the learning rate)
-    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
-    weight_decay: float = 1e-4  # weight decay
-    warmup_steps: int = 10  # linear warm-up steps before the cosine decay to 0
-    clip_grad: float = 5.0  # clip the gradient norm to this (0: no clipping)
-    amp: bool = True  # bf16 autocast on CUDA (the CPU always runs float32)
-    channels_last: str = 'auto'  # model and inputs in torch.channels_last_3d memory format: 'auto' (on CUDA only), 'on' or 'off'; same results, other speed
-    temperature: float = 0.1  # InfoNCE temperature
-    proj_dim: int = 128  # projection head output dimension
-    proj_hidden: int | None = None  # projection head hidden dimension; None: the encoder's output channels
-    bins: int = 4  # RoIAlign bins per region
-    region_offset: float | None = None  # clips from a clip's centre to where its feature looks, for region pooling; None: measured (pal.encoder.feature_offset); 0: nominal centres
-    align: str = 'pooled'  # 'pooled': one vector per region; 'dense': bin-by-bin alignment (needs --same-region)
-    mask_region_bins: bool = True  # dense: the other bins of a region are not its negatives (they are near-copies of it)
-    background_negatives: bool = False  # the background before/after each paste as extra hard negatives
-    bg_gap: float | None = None  # clips left out between a paste and its background negatives; None: measured from the encoder (pal.loss.background_gap)
-    moco: bool = False  # momentum key encoder and a queue of negatives (MoCo v2 style)
-    queue_size: int = 4096  # MoCo queue length (negatives kept from earlier steps)
-    moco_momentum: float = 0.99  # MoCo key-encoder momentum (MoCo v3's value; v1/v2 used 0.999)
-    shuffle_bn: bool = True  # MoCo: keys normalised in other BatchNorm groups than their queries (shuffle-BN)
-    bn_groups: int = 2  # MoCo shuffle-BN in one process: BatchNorm groups per batch, 2 samples each at least (under torchrun: the processes)
-    sync_bn: str = 'auto'  # several processes: BatchNorm statistics over all of them (SyncBatchNorm): 'auto' (on CUDA), 'on' (CUDA only) or 'off'
-    ckpt_every: int = 50  # save a checkpoint every this many steps (and at the end)
-    paste: PasteConfig = field(default_factory=PasteConfig)  # how pseudo actions are cut and pasted
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # crop/flip/colour jitter; its size is set from `size`
-
-    def __post_init__(self):
-        if isinstance(self.paste, dict): self.paste = PasteConfig(**_tuples(self.paste))
-        if isinstance(self.augment, dict): self.augment = AugmentConfig(**_tuples(self.augment))
-        if isinstance(self.decode_size, list): self.decode_size = tuple(self.decode_size)
-        self.augment.size = (self.size, self.size)
-        if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.backbone not in BACKBONES: raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.optimizer not in ('sgd', 'adamw'): raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.align not in ('pooled', 'dense'): raise ValueError(f"align must be 'pooled' or 'dense', got {self.align!r}")
-        if self.channels_last not in ('auto', 'on', 'off'): raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {self.channels_last!r}")
-        if self.sync_bn not in ('auto', 'on', 'off'): raise ValueError(f"sync_bn must be 'auto', 'on' or 'off', got {self.sync_bn!r}")
-        if self.bn_groups < 2: raise ValueError(f"bn_groups must be >= 2, got {self.bn_groups}")
-        if self.bg_gap is not None and self.bg_gap < 0: raise ValueError(f"bg_gap must be >= 0 or None, got {self.bg_gap}")
-        if self.align == 'dense' and self.method == 'pal' and not self.paste.same_region:
-            raise ValueError("align='dense' compares the two regions bin by bin, so both must be the same source span: set same_region")
-        for name in ('steps', 'batch_size', 'size', 'ckpt_every', 'min_frames', 'proj_dim', 'bins', 'queue_size'):
-            if getattr(self, name) < 1: raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0: raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.batch_size < 2: raise ValueError(f"batch_size must be >= 2 (the other samples are the negatives), got {self.batch_size}")
-
-    @property
-    def decode_hw(self) -> tuple[int, int]:
-        "(H, W) every video is decoded to: `decode_size`, or a 4:3 frame a little larger than `size`."
-        if self.decode_size is not None: return tuple(self.decode_size)
-        h = round(self.size * 8 / 7)
-        return h, round(h * 4 / 3)
-
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        "Rebuild a config from `to_dict()` (or parsed JSON); unknown keys are an error, and a key added since `d` was saved takes the value that reproduces the old behaviour."
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
-        d = {**{k: v for k, v in _LEGACY.items() if k not in d}, **d}
-        if isinstance(d.get('paste'), dict): d['paste'] = {**{k: v for k, v in _LEGACY_PASTE.items() if k not in d['paste']}, **d['paste']}
-        return cls(**_tuples(d))
-    def save(self, path: str | Path): _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1).encode())
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig: return cls.from_dict(json.loads(Path(path).read_text()))
-
-# %% ../nbs/06_training.ipynb #bba94347
-def _atomic_write(path: Path, data: bytes | None = None, writer=None):
-    "Write `data` (or call `writer(file)`) to `path` via a temporary file in the same folder, fsync and `os.replace`."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            if writer is None: f.write(data)
-            else: writer(f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass  # some file systems cannot fsync a folder; the rename has still happened
+__all__ = ['RESUMABLE', 'VideoSource', 'CachedVideo', 'probe_videos', 'derive_seed', 'batch_videos', 'window_bank', 'Item',
+           'PalDataset', 'Batch', 'collate', 'StepSampler', 'make_loader', 'make_inputs', 'to_channels_last',
+           'lr_factor', 'extended_lr_factor', 'restart_warmup', 'make_optimizer', 'make_scheduler', 'Run', 'fit',
+           'sample_figure', 'save_figures', 'pretrain_parser', 'config_from_args', 'pretrain_cli']
 
 # %% ../nbs/06_training.ipynb #1e612984
-class TrainingError(RuntimeError):
-    "A run cannot start or continue; the message says why and what was kept."
-
 @dataclass
 class VideoSource:
     "A usable video: its path, its frame count and, when cached, all its frames."
@@ -364,16 +241,6 @@ def to_channels_last(x: Tensor) -> Tensor:
     "The same values `[..., 3, T, H, W]` with the channels innermost in memory: `channels_last_3d` for a 5-D tensor, and still after flattening the leading dims."
     return x.movedim(-4, -1).contiguous().movedim(-1, -4)
 
-# %% ../nbs/06_training.ipynb #77accc86
-def build_objective(cfg: TrainConfig) -> ContrastiveObjective:
-    "The `pal.loss` objective of `cfg.method`, with a fresh encoder (seed the global RNG first for a fixed init)."
-    enc = Encoder(cfg.backbone, cfg.mode, cfg.paste.clip_len, width=cfg.width)
-    kw = dict(dim=cfg.proj_dim, hidden_dim=cfg.proj_hidden, temperature=cfg.temperature, moco=cfg.moco,
-              queue_size=cfg.queue_size, momentum=cfg.moco_momentum, shuffle_bn=cfg.shuffle_bn, bn_groups=cfg.bn_groups)
-    if cfg.method == 'video': return VideoContrast(enc, **kw)
-    return PAL(enc, bins=cfg.bins, align=cfg.align, background_negatives=cfg.background_negatives, bg_gap=cfg.bg_gap,
-               mask_region_bins=cfg.mask_region_bins, offset=cfg.region_offset, **kw)
-
 # %% ../nbs/06_training.ipynb #a1a23294
 def lr_factor(step: int,  # optimizer steps already taken (0 for the first step)
               warmup: int, total: int) -> float:
@@ -412,71 +279,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: extended_lr_factor(s, cfg.warmup_steps, segments))
 
 
-# %% ../nbs/06_training.ipynb #3eaef5e8
-RUN_FILES = ('checkpoint.pt', 'config.json', 'log.csv', 'loss.png', 'sample.png')  # what a run folder holds
-
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    "Write `state` with `torch.save` atomically (temporary file in the same folder, fsync, `os.replace`)."
-    _atomic_write(Path(path), writer=lambda f: torch.save(state, f))
-    return Path(path)
-
-def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
-    "Read a checkpoint written by `save_checkpoint`; a missing or damaged file raises `TrainingError` naming it."
-    path = Path(path)
-    if not path.is_file(): raise TrainingError(f'{path}: no such checkpoint')
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise TrainingError(f'{path}: not a readable checkpoint ({type(e).__name__}: {e})') from None
-
-def load_encoder(path: str | Path, device: str | torch.device = 'cpu') -> Encoder:
-    "The pretrained `Encoder` of a checkpoint, in eval mode."
-    ck = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ck['config'])
-    enc = Encoder(cfg.backbone, cfg.mode, cfg.paste.clip_len, width=cfg.width)
-    enc.load_state_dict(ck['encoder'])
-    return enc.to(device).eval()
-
-# %% ../nbs/06_training.ipynb #8ad7c594
-LOG_COLUMNS = ('step', 'loss', 'lr', 'pos_sim', 'neg_sim', 'top1', 'step_time', 'data_time')
-
-def read_log(path: str | Path) -> list[dict]:
-    "Rows of a `log.csv` as dicts of numbers."
-    with open(path, newline='') as f:
-        return [{k: int(v) if k == 'step' else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-def _open_log(path: Path, upto: int):
-    "Keep the rows of `path` up to step `upto` (rewritten atomically) and open it for appending."
-    rows = [r for r in read_log(path) if r['step'] <= upto] if upto and path.exists() else []
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, LOG_COLUMNS, lineterminator='\n')
-    w.writeheader(); w.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
-    _atomic_write(path, buf.getvalue().encode())
-    return open(path, 'a', newline='')
-
-def _fmt(v) -> str: return str(v) if isinstance(v, int) else f'{v:.6g}'
-
-def plot_log(rows: Sequence[dict], title: str | None = None,
-             chance: float | None = None,  # loss of uninformative features, drawn dashed (log of the candidates per query)
-            ) -> plt.Figure:
-    "Loss (raw and smoothed) and the similarity statistics of a run, per step."
-    steps = np.array([r['step'] for r in rows]); loss = np.array([r['loss'] for r in rows])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 2.8), dpi=80)
-    a1.plot(steps, loss, color='0.75', lw=1, label='loss')
-    k = max(1, len(rows) // 15)
-    if len(rows) > k:
-        smooth = np.convolve(loss, np.ones(k) / k, mode='valid')
-        a1.plot(steps[k - 1:], smooth, color='C0', lw=2, label=f'mean of {k}')
-    if chance is not None: a1.axhline(chance, color='k', ls='--', lw=0.8, label='chance')
-    a1.set_xlabel('step'); a1.set_ylabel('InfoNCE loss'); a1.legend(fontsize=8, frameon=False)
-    for key, c in (('pos_sim', 'C2'), ('neg_sim', 'C3'), ('top1', 'C1')):
-        a2.plot(steps, [r[key] for r in rows], color=c, lw=1, label=key)
-    a2.set_xlabel('step'); a2.set_ylim(-0.05, 1.05)
-    a2.set_title('cosine similarity of positives / negatives, top-1 retrieval', fontsize=9)
-    a2.legend(fontsize=8, frameon=False, ncol=3, loc='lower right')
-    if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/06_training.ipynb #6c88e6c6
 RESUMABLE = ('videos', 'out', 'steps', 'device', 'workers', 'cache_mb', 'ckpt_every', 'amp', 'channels_last')  # may change on --resume
 
@@ -485,15 +287,6 @@ def _auto_workers(device: torch.device, cached: bool, cpus: int | None = None) -
     cpus = cpus or os.cpu_count() or 1
     if cached: return 0
     return max(1, min(16, cpus - 1)) if device.type == 'cuda' else min(4, cpus)
-
-def resolve_device(name: str) -> torch.device:
-    "`'auto'` -> CUDA when available, else the CPU; a CUDA device without CUDA is an error."
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try: dev = torch.device(name)
-    except RuntimeError: raise TrainingError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise TrainingError(f'device {name!r} asked for, but torch sees no CUDA device; use --device cpu or auto')
-    return dev
 
 def _dist_env(device: str) -> tuple[int, int, torch.device, bool]:
     "Rank, world size, device and whether we started the process group (from torchrun's environment)."
