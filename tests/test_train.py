@@ -1,4 +1,4 @@
-"pal.train: short runs of both methods, exact resume, atomic checkpoints, bad files, refusals, NaN guard."
+"pal.train / pal.pretrain (fit, pal-pretrain) / pal.data / pal.checkpoint: short runs of both methods, exact resume, atomic checkpoints, bad files, refusals, NaN guard."
 import csv, json, math, os, shutil, signal, subprocess, sys
 from pathlib import Path
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pal.train as T
+import pal.pretrain as P  # fit looks up make_inputs and build_objective here: the tests patch them in this module
 from pal.samples import sample_dir, write_video
 from pal.train import (LOG_COLUMNS, TrainConfig, TrainingError, batch_videos, extended_lr_factor, fit, load_checkpoint,
                        load_encoder, pretrain_cli, read_log, save_checkpoint)
@@ -65,16 +66,16 @@ def test_short_run(tmp_path, method, capsys):
 def test_resume_is_exact(tmp_path, monkeypatch):
     "4 steps straight == 2 steps, Ctrl-C, and a resume (here with decoding in 2 workers instead of a cache)."
     assert cli(tmp_path / 'a', '--steps', '4', '--ckpt-every', '4') == 0
-    make_inputs = T.make_inputs
+    make_inputs = P.make_inputs
     def ctrl_c_at_2(batch, *a, **k):
         if batch.keys[0][0] == 2: signal.raise_signal(signal.SIGINT)  # Ctrl-C: finish this step, save, stop
         return make_inputs(batch, *a, **k)
-    monkeypatch.setattr(T, 'make_inputs', ctrl_c_at_2)
+    monkeypatch.setattr(P, 'make_inputs', ctrl_c_at_2)
     b = tmp_path / 'b'
     assert cli(b, '--steps', '4', '--ckpt-every', '4', '--cache-mb', '0', '--workers', '2') == 130
     assert load_checkpoint(b / 'checkpoint.pt')['step'] == 2
     assert [r['step'] for r in read_log(b / 'log.csv')] == [1, 2]
-    monkeypatch.setattr(T, 'make_inputs', make_inputs)
+    monkeypatch.setattr(P, 'make_inputs', make_inputs)
     with open(b / 'log.csv', 'a') as f: f.write('3,9,9,9,9,9,9,9\n')  # a step done but never saved: must be dropped
     assert cli(b, '--resume', '--steps', '4', '--cache-mb', '0', '--workers', '2') == 0
     wa, wb = weights(tmp_path / 'a'), weights(b)
@@ -89,11 +90,11 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 def test_interrupt_between_steps_saves_the_last_one(tmp_path, monkeypatch):
     "A KeyboardInterrupt while waiting for data (no step half done) saves the last completed step."
-    make_inputs = T.make_inputs
+    make_inputs = P.make_inputs
     def interrupt_at_2(batch, *a, **k):
         if batch.keys[0][0] == 2: raise KeyboardInterrupt
         return make_inputs(batch, *a, **k)
-    monkeypatch.setattr(T, 'make_inputs', interrupt_at_2)
+    monkeypatch.setattr(P, 'make_inputs', interrupt_at_2)
     assert cli(tmp_path / 'run', '--steps', '3', '--ckpt-every', '3') == 130
     assert load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')['step'] == 1
 
@@ -131,13 +132,13 @@ def test_resume_with_more_steps_needs_extend(tmp_path, monkeypatch, capsys):
     assert [r['lr'] for r in rows] == pytest.approx([cfg.lr * extended_lr_factor(i, 2, segments) for i in range(6)], rel=1e-5)
     assert [r['lr'] for r in rows[3:]] == pytest.approx([cfg.lr * f for f in (1.0, 1.0, 0.5)], abs=1e-9)  # 1 warm-up step (half of 3), cosine
     # the same extension interrupted after step 5 and resumed (no --extend now: config.json says 6): the same weights
-    make_inputs = T.make_inputs
+    make_inputs = P.make_inputs
     def ctrl_c_at_5(batch, *a, **k):
         if batch.keys[0][0] == 5: signal.raise_signal(signal.SIGINT)
         return make_inputs(batch, *a, **k)
-    monkeypatch.setattr(T, 'make_inputs', ctrl_c_at_5)
+    monkeypatch.setattr(P, 'make_inputs', ctrl_c_at_5)
     assert cli(b, '--resume', '--steps', '6', '--extend') == 130
-    monkeypatch.setattr(T, 'make_inputs', make_inputs)
+    monkeypatch.setattr(P, 'make_inputs', make_inputs)
     assert cli(b, '--resume') == 0
     wa, wb = weights(out), weights(b)
     for k in wa: torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -233,11 +234,11 @@ save_checkpoint({{'step': 2}}, {str(path)!r})
 
 def test_nan_guard(tmp_path, monkeypatch):
     "Inputs that turn the loss into NaN at step 3: the run stops naming the step, and the step-2 checkpoint stays."
-    make_inputs = T.make_inputs
+    make_inputs = P.make_inputs
     def nan_at_3(batch, *a, **k):
         x = make_inputs(batch, *a, **k)
         return x * math.nan if batch.keys[0][0] == 3 else x
-    monkeypatch.setattr(T, 'make_inputs', nan_at_3)
+    monkeypatch.setattr(P, 'make_inputs', nan_at_3)
     out = tmp_path / 'run'
     with pytest.raises(TrainingError, match=r'step 3.*checkpoint.*step 2'):
         fit(TrainConfig(videos=str(sample_dir()), out=str(out), steps=5, ckpt_every=2, batch_size=4, device='cpu',
@@ -245,7 +246,7 @@ def test_nan_guard(tmp_path, monkeypatch):
     assert load_checkpoint(out / 'checkpoint.pt')['step'] == 2
     rows = read_log(out / 'log.csv')
     assert [r['step'] for r in rows] == [1, 2, 3] and math.isnan(rows[-1]['loss'])
-    monkeypatch.setattr(T, 'make_inputs', make_inputs)
+    monkeypatch.setattr(P, 'make_inputs', make_inputs)
     assert cli(out, '--resume', '--steps', '5', '--ckpt-every', '2') == 0  # and the run can go on from there
     assert [r['step'] for r in read_log(out / 'log.csv')] == [1, 2, 3, 4, 5]
 
@@ -287,13 +288,13 @@ def test_too_few_videos_refused(tmp_path, good, capsys):
 
 def test_channels_last_gives_the_same_steps(tmp_path, monkeypatch):
     "Two steps with the model and inputs in channels_last_3d and two without: the same losses and weights (CPU)."
-    seen, build = {}, T.build_objective
+    seen, build = {}, P.build_objective
     def spy(cfg):  # records the memory layout of what the encoder's first convolution gets
         model = build(cfg)
         model.encoder.register_forward_pre_hook(
             lambda m, a: seen.setdefault(cfg.out, []).append(a[0].is_contiguous(memory_format=torch.channels_last_3d)))
         return model
-    monkeypatch.setattr(T, 'build_objective', spy)
+    monkeypatch.setattr(P, 'build_objective', spy)
     runs = {}
     for cl in ('on', 'off'):
         cfg = TrainConfig(videos=str(sample_dir()), out=str(tmp_path / cl), steps=2, batch_size=4, warmup_steps=1, device='cpu',
