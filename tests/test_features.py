@@ -1,5 +1,5 @@
-"Tests for pal.features: rows and times as the manifest claims, seamless windowed extraction, bad files, shipped checkpoints."
-import json, math, os, shutil, threading
+"Tests for pal.features and pal.extract: rows and times as the manifest claims, seamless windowed extraction, bad files, shipped checkpoints."
+import json, math, os, shutil, subprocess, sys, threading
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +8,12 @@ from hypothesis import given, settings, strategies as st
 
 from pal.encoder import Encoder
 from pal.encoder import feature_offset
-from pal.features import (ClipGrid, extract, extract_cli, extract_features, feature_names, load_model, random_encoder,
-                          receptive_field, context_margin, window_plan, save_encoder, slim_checkpoint, preprocess, ExtractError,
-                          auto_jobs, row_times)
+from pal.features import ClipGrid, load_model, random_encoder, receptive_field, preprocess, row_times, video_features
+from pal.extract import (extract, extract_cli, extract_features, feature_names, context_margin, window_plan, save_encoder,
+                         slim_checkpoint, ExtractError, auto_jobs)
 from pal.samples import sample_dir
 from pal.sampling import PasteConfig
-from pal.train import TrainConfig, TrainingError, load_encoder
+from pal.checkpoint import TrainConfig, TrainingError, build_objective, load_encoder
 from pal.video import VideoReader, VideoError, check_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_nothing_usable_exits_nonzero(tmp_path, capsys):
 
 
 def test_cli_writes_a_loadable_folder(tmp_path):
-    from pal.localize import load_features
+    from pal.evaluate import load_features
     extract_cli(['--checkpoint', 'random', '--videos', str(sample_dir() / 'dots.avi'), '--out', str(tmp_path), '--no-progress'])
     fv = load_features(tmp_path)['dots']
     assert fv.feats.shape == (5, 128) and fv.stride == pytest.approx(16 / 12) and fv.duration == pytest.approx(6.0)
@@ -214,6 +214,35 @@ def test_preprocess_is_training_without_randomness():
     torch.testing.assert_close(preprocess(frames, cfg.augment), apply_augment(frames[None], p, cfg.augment)[0])
 
 
+def test_random_encoder_is_the_training_init():
+    "The random-init baseline is the encoder `fit` starts from, for either method and backbone width."
+    for cfg in (TrainConfig(seed=3), TrainConfig(seed=3, method='video', width=8)):
+        torch.manual_seed(cfg.seed); ref = build_objective(cfg).encoder.state_dict()
+        state = torch.random.get_rng_state()
+        got = random_encoder(cfg).state_dict()
+        assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+        assert all(torch.equal(ref[k], v) for k, v in got.items())
+
+
+def test_video_features_is_the_windowed_extraction():
+    "One pass over a whole video gives the rows and times `pal-extract` writes in windows."
+    enc, cfg, _ = load_model('random')
+    f, t = video_features(enc, cfg, sample_dir() / 'rings.avi')
+    with VideoReader(sample_dir() / 'rings.avi', size=cfg.decode_hw) as r:
+        np.testing.assert_allclose(f, extract_features(enc, r, cfg.augment, cfg.paste.frame_stride, window=3), atol=1e-5)
+        g = ClipGrid(r.num_frames, r.fps, enc.clip_len, cfg.paste.frame_stride)
+        np.testing.assert_allclose(t, row_times(r.times, r.duration, g, feature_offset(enc))[2])
+    assert f.shape == (g.rows, enc.out_dim) and f.dtype == np.float32
+
+
+def test_lesson_modules_do_not_import_training():
+    "pal.features and pal.extract load an encoder without the training loop (pal.train); the moved names still import from pal.features."
+    code = ('import sys, pal.features, pal.extract; assert "pal.train" not in sys.modules, sorted(sys.modules); '
+            'from pal.features import extract, save_encoder, ExtractError, window_plan; import pal.extract as E; '
+            'assert extract is E.extract and window_plan is E.window_plan')
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+
 def test_checkpoint_round_trip(tmp_path):
     cfg = TrainConfig(seed=5, width=8)
     enc = random_encoder(cfg)
@@ -322,7 +351,7 @@ def test_row_times_tile_the_video(n, clip_len, frame_stride, offset, seed):
     g = ClipGrid(n, 30.0, clip_len, frame_stride)
     starts, ends, centres = row_times(t, dt.sum(), g, offset)
     assert len(starts) == g.rows and starts[0] == 0 and ends[-1] == pytest.approx(dt.sum())
-    np.testing.assert_array_equal(starts, t[g.starts()])  # the time of each row's first frame
+    np.testing.assert_array_equal(starts, t[np.arange(g.rows) * g.stride])  # the time of each row's first frame
     np.testing.assert_array_equal(ends[:-1], starts[1:])  # rows tile the video
     assert np.all(starts < centres) and np.all(centres <= ends) and np.all(np.diff(centres) > 0)
     s2, e2, c2 = row_times(3 * t, 3 * dt.sum(), g, offset)  # slow the video down 3x: every time triples
@@ -363,9 +392,9 @@ def test_manifest_times_of_variable_frame_rate_files_follow_their_timestamps(tmp
 # ---------------------------------------------------------------------------------------------------------
 # what the field loads: flat ids, merged manifests, dataset values, CSV / HDF5, the ActionFormer config
 
-from pal.features import (video_ids, open_manifest, dataset_values, write_csv, read_csv, rescale_features, write_video_info,
-                          read_h5, H5_FILE, VIDEO_INFO_COLUMNS, actionformer_config, actionformer_num_frames, seq_len_multiple,
-                          to_yaml, tal_config_cli, ACTIONFORMER_DATASET_KEYS)
+from pal.extract import (video_ids, open_manifest, dataset_values, write_csv, read_csv, rescale_features, write_video_info,
+                         read_h5, H5_FILE, VIDEO_INFO_COLUMNS, actionformer_config, actionformer_num_frames, seq_len_multiple,
+                         to_yaml, tal_config_cli, ACTIONFORMER_DATASET_KEYS)
 
 
 def _split_folders(root, splits={'train': ['plaid.mp4', 'dots.avi'], 'test': ['rings.avi', 'waves.webm']}):

@@ -1,4 +1,4 @@
-"Tests of pal.localize: ActivityNet metric, pal-eval, Soft-NMS, the localization head."
+"Tests of pal.localize (tIoU, matching, AP, Soft-NMS) and pal.evaluate (ActivityNet protocol, pal-eval, the localization head)."
 import json, math, subprocess, sys
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pal.localize import (TIOU_PRESETS, EvalInputError, FeatureVideo, HeadConfig, LocDataset, LocHead, average_precision,
-                          collate, decode_video, eval_cli, evaluate, giou_loss_1d, interpolated_ap, load_features,
-                          load_gt, load_pred, make_targets, match_detections, parse_pred, predict, segment_iou, soft_nms,
-                          synthetic_features, train_head)
+from pal.localize import TIOU_PRESETS, average_precision, interpolated_ap, match_detections, segment_iou, soft_nms
+from pal.evaluate import (EvalInputError, FeatureVideo, HeadConfig, LocDataset, LocHead, collate, decode_video, eval_cli, evaluate,
+                          giou_loss_1d, load_features, load_gt, load_pred, make_targets, parse_pred, predict, synthetic_features,
+                          train_head)
 
 torch.set_num_threads(1)
 
@@ -355,7 +355,7 @@ def test_eval_cli_errors_name_the_file(files, capsys):
 def test_eval_cli_exit_status_in_a_process(files):
     "The installed `pal-eval` (or, if not installed, `sys.exit(eval_cli())`): exit status 1, the file named on stderr."
     script = Path(sys.executable).parent / 'pal-eval'
-    cmd = [str(script)] if script.is_file() else [sys.executable, '-c', 'import sys; from pal.localize import eval_cli; sys.exit(eval_cli())']
+    cmd = [str(script)] if script.is_file() else [sys.executable, '-c', 'import sys; from pal.evaluate import eval_cli; sys.exit(eval_cli())']
     (files / 'bad.json').write_text('not json')
     bad = subprocess.run(cmd + ['--gt', str(files / 'bad.json'), '--pred', str(files / 'pred.json')],
                          capture_output=True, text=True, timeout=300)
