@@ -11,8 +11,8 @@ from torch import Tensor
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['PasteConfig', 'bg_indices', 'src_indices', 'region_frames', 'PastePlan', 'sample_plan', 'plot_timeline', 'show_plan',
-           'stack_spans']
+__all__ = ['PasteConfig', 'src_indices', 'draw_speed', 'region_frames', 'bg_indices', 'PastePlan', 'sample_plan', 'plot_timeline',
+           'show_plan', 'stack_spans']
 
 # %% ../nbs/02_sampling.ipynb #62ebc6ab
 @dataclass
@@ -33,55 +33,34 @@ class PasteConfig:
     clip_aligned: bool = False  # naive ablation: spans start on clip boundaries and last whole clips
 
     @property
-    def T(self) -> int:
-        "Output frames per synthetic video."
-        return self.n_clips * self.clip_len
-
+    def T(self) -> int: return self.n_clips * self.clip_len  # output frames per synthetic video
     @property
-    def region_range(self) -> tuple[int, int]:
-        "Smallest and largest pseudo action length, in clips at normal speed."
-        hi = self.n_clips // 2 if self.max_region_clips is None else self.max_region_clips
-        return self.min_region_clips, hi
-
+    def region_range(self) -> tuple[int, int]:  # shortest and longest pseudo action, in clips at normal speed
+        return self.min_region_clips, self.n_clips // 2 if self.max_region_clips is None else self.max_region_clips
     @property
-    def bg_margin(self) -> int:
-        "Background frames that must remain: in total ('any') or on each side ('inside')."
+    def bg_margin(self) -> int:  # background frames that must remain: in total ('any') or on each side ('inside')
         return self.clip_len if self.min_bg_frames is None else self.min_bg_frames
-
     @property
-    def max_span(self) -> int:
-        "Longest pasted span in output frames that still leaves the background margin."
+    def max_span(self) -> int:  # longest pasted span, in output frames, that still leaves the background margin
         return self.T - self.bg_margin * (2 if self.position == 'inside' else 1)
-
     @property
-    def min_span(self) -> int:
-        "Shortest pasted span of a drawn region, in output frames: `min_span_clips` clips, at most `max_span`."
+    def min_span(self) -> int:  # shortest pasted span of a drawn region, output frames: min_span_clips clips, at most max_span
         return max(0, min(math.ceil(self.min_span_clips * self.clip_len - 1e-9), self.max_span))
+    def __post_init__(self): _check_config(self)
 
-    def __post_init__(self):
-        for name in ('n_clips', 'clip_len', 'frame_stride', 'min_region_clips'):
-            if getattr(self, name) < 1: raise ValueError(f"PasteConfig.{name} must be >= 1, got {getattr(self, name)}")
-        lo, hi = self.region_range
-        if hi < lo: raise ValueError(f"PasteConfig: max_region_clips ({hi}) < min_region_clips ({lo})")
-        if self.min_span_clips < 0: raise ValueError(f"PasteConfig.min_span_clips must be >= 0, got {self.min_span_clips}")
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ValueError(f"PasteConfig: need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
-        if self.position not in ('any', 'inside'):
-            raise ValueError(f"PasteConfig.position must be 'any' or 'inside', got {self.position!r}")
-        if self.bg_margin < 1: raise ValueError("PasteConfig.min_bg_frames must be >= 1: a span must leave background")
-        if self.max_span < 1:
-            raise ValueError(f"PasteConfig: no room to paste: T={self.T} frames, background margin {self.bg_margin} ({self.position})")
-
-# %% ../nbs/02_sampling.ipynb #77bf1a87
-def bg_indices(bg_len: int, # frames in the background video
-               T: int, # output frames
-               frame_stride: int, # source frames per output frame at normal speed
-               start: int = 0, # first frame of the window
-              ) -> Tensor: # [T] long
-    "Frame indices of a background window: every `frame_stride`-th frame from `start`, stretched over the whole video if it is shorter than the window."
-    W = min(T * frame_stride, bg_len)
-    if not 0 <= start <= bg_len - W: raise ValueError(f"window start {start} outside [0, {bg_len - W}] for a video of {bg_len} frames")
-    return start + torch.arange(T) * W // T
+# %% ../nbs/02_sampling.ipynb #2e2aac79
+def _check_config(c: PasteConfig):
+    "Raise a `ValueError` naming the option if `c` cannot give a valid plan."
+    for name in ('n_clips', 'clip_len', 'frame_stride', 'min_region_clips'):
+        if getattr(c, name) < 1: raise ValueError(f"PasteConfig.{name} must be >= 1, got {getattr(c, name)}")
+    lo, hi = c.region_range
+    if hi < lo: raise ValueError(f"PasteConfig: max_region_clips ({hi}) < min_region_clips ({lo})")
+    if c.min_span_clips < 0: raise ValueError(f"PasteConfig.min_span_clips must be >= 0, got {c.min_span_clips}")
+    if not 0 < c.min_scale <= c.max_scale:
+        raise ValueError(f"PasteConfig: need 0 < min_scale <= max_scale, got {c.min_scale}, {c.max_scale}")
+    if c.position not in ('any', 'inside'): raise ValueError(f"PasteConfig.position must be 'any' or 'inside', got {c.position!r}")
+    if c.bg_margin < 1: raise ValueError("PasteConfig.min_bg_frames must be >= 1: a span must leave background")
+    if c.max_span < 1: raise ValueError(f"PasteConfig: no room to paste: T={c.T} frames, background margin {c.bg_margin} ({c.position})")
 
 # %% ../nbs/02_sampling.ipynb #066a11db
 def src_indices(start: int, # first source frame of the region
@@ -91,6 +70,13 @@ def src_indices(start: int, # first source frame of the region
     "Source frame indices of a pasted region read at a fractional `step`."
     j = torch.arange(n, dtype=torch.float64)
     return start + torch.floor(j * step + 1e-9).long()  # 1e-9: 5 * 1.4 must give 7, not 6
+
+# %% ../nbs/02_sampling.ipynb #197112ab
+def draw_speed(u: float, # a uniform draw in [0, 1)
+               cfg: PasteConfig) -> float:
+    "The speed for `u`: log-uniform between `min_scale` and `max_scale` (uniform if not `cfg.log_scale`)."
+    lo, hi = cfg.min_scale, cfg.max_scale
+    return math.exp(math.log(lo) + u * math.log(hi / lo)) if cfg.log_scale else lo + u * (hi - lo)
 
 # %% ../nbs/02_sampling.ipynb #03c486e1
 def region_frames(region_clips: float, # pseudo action length in clips at normal speed
@@ -107,6 +93,17 @@ def region_frames(region_clips: float, # pseudo action length in clips at normal
     fits = math.floor((src_len - 1) / (scale * cfg.frame_stride) + 1e-9) + 1  # frames the source can give
     return max(1, min(n, hi, fits))
 
+# %% ../nbs/02_sampling.ipynb #77bf1a87
+def bg_indices(bg_len: int, # frames in the background video
+               T: int, # output frames
+               frame_stride: int, # source frames per output frame at normal speed
+               start: int = 0, # first frame of the window
+              ) -> Tensor: # [T] long
+    "Frame indices of a background window: every `frame_stride`-th frame from `start`, stretched over the whole video if it is shorter than the window."
+    W = min(T * frame_stride, bg_len)
+    if not 0 <= start <= bg_len - W: raise ValueError(f"window start {start} outside [0, {bg_len - W}] for a video of {bg_len} frames")
+    return start + torch.arange(T) * W // T
+
 # %% ../nbs/02_sampling.ipynb #c3894bf3
 @dataclass
 class PastePlan:
@@ -122,15 +119,10 @@ class PastePlan:
     region_clips: tuple[float, float] # source extent of each region in clips at normal speed (after clamping)
     src_start: tuple[int, int] # first source frame of each region
     bg_start: tuple[int, int] # first frame of each background window
-
     @property
     def T(self) -> int: return self.video_idx.shape[1]
-
     @property
-    def pasted(self) -> Tensor:
-        "[2, T] bool: True where an output frame comes from the source."
-        return self.video_idx == 0
-
+    def pasted(self) -> Tensor: return self.video_idx == 0  # [2, T] bool: True where an output frame comes from the source
     def span_clips(self, i: int) -> tuple[float, float]:
         "Span of synthetic video `i` in clip units (fractional), end exclusive."
         s, e = self.span[i]
@@ -148,6 +140,32 @@ class PastePlan:
 # %% ../nbs/02_sampling.ipynb #79daac5f
 def _pair(v): return (v, v) if v is None or isinstance(v, (int, float)) else tuple(v)
 
+def _draw(rng: random.Random, cfg: PasteConfig) -> dict:
+    "Every random number of a plan, two of each, in a fixed order: region lengths, then uniforms for speed, source start, position, background window."
+    k = [rng.randint(*cfg.region_range) for _ in range(2)]
+    return dict(k=k, **{name: [rng.random() for _ in range(2)] for name in ('speed', 'src', 'pos', 'bg')})
+
+def _regions(d: dict, cfg: PasteConfig, src_len: int, region_clips, scale) -> tuple[list, list, list]:
+    "What is pasted into each synthetic video: its speed, its span length in output frames, its first source frame."
+    drawn = [kf is None for kf in _pair(region_clips)]
+    k = [kd if kf is None else kf for kf, kd in zip(_pair(region_clips), d['k'])]
+    s = [draw_speed(u, cfg) if sf is None else sf for sf, u in zip(_pair(scale), d['speed'])]
+    if any(v <= 0 for v in s): raise ValueError(f"scale must be > 0, got {s}")
+    lmin, cl, u_src = cfg.min_span, cfg.clip_len, d['src']
+    if cfg.same_region:  # one region for both; a drawn one lasts min_span frames in the faster copy
+        k, u_src = [k[0]] * 2, [u_src[0]] * 2
+        if drawn[0]: k = [max(k[0], (lmin + 0.5) * max(s) / cl)] * 2  # + 0.5: the fastest copy survives equalising below
+    else: k = [max(ki, lmin * si / cl) if dr else ki for ki, si, dr in zip(k, s, drawn)]
+    step = [si * cfg.frame_stride for si in s]
+    L = [region_frames(ki, si, cfg, src_len) for ki, si in zip(k, s)]
+    if cfg.same_region:  # the same source extent in both: the shorter one wins
+        ext = min((Li - 1) * st for Li, st in zip(L, step))
+        L = [math.floor(ext / st + 1e-9) + 1 for st in step]
+    last = [int(src_indices(0, Li, st)[-1]) for Li, st in zip(L, step)]  # source offset of the last pasted frame
+    if cfg.same_region: return s, L, [int(u_src[0] * (src_len - max(last)))] * 2
+    return s, L, [int(u * (src_len - li)) for u, li in zip(u_src, last)]
+
+# %% ../nbs/02_sampling.ipynb #6cbffde7
 def _starts(L: int, cfg: PasteConfig) -> list[int]:
     "Valid start frames of a span of `L` output frames."
     m = cfg.bg_margin
@@ -178,43 +196,15 @@ def sample_plan(src_len: int, # frames in the source video
     bg_lens = tuple(int(n) for n in bg_lens)
     if len(bg_lens) != 2: raise ValueError(f"need two background lengths, got {bg_lens}")
     if src_len < 1 or min(bg_lens) < 1: raise ValueError(f"videos must have frames: src_len={src_len}, bg_lens={bg_lens}")
-    rng = random.Random(seed)
     T, stride = cfg.T, cfg.frame_stride
-    # draw every random number, in a fixed order, whatever is overridden
-    k_lo, k_hi = cfg.region_range
-    k = [rng.randint(k_lo, k_hi) for _ in range(2)]
-    u_s, u_src, u_pos, u_bg = ([rng.random() for _ in range(2)] for _ in range(4))
-    if cfg.log_scale: s = [math.exp(math.log(cfg.min_scale) + u * math.log(cfg.max_scale / cfg.min_scale)) for u in u_s]
-    else: s = [cfg.min_scale + u * (cfg.max_scale - cfg.min_scale) for u in u_s]
-    # overrides
-    drawn = [kf is None for kf in _pair(region_clips)]
-    k = [kf if kf is not None else kd for kf, kd in zip(_pair(region_clips), k)]
-    s = [sf if sf is not None else sd for sf, sd in zip(_pair(scale), s)]
-    if any(v <= 0 for v in s): raise ValueError(f"scale must be > 0, got {s}")
-    # a drawn region too short to last min_span output frames at its speed takes more of the source instead
-    lmin, cl = cfg.min_span, cfg.clip_len
-    if cfg.same_region:
-        k[1], u_src[1] = k[0], u_src[0]
-        if drawn[0]: k = [max(k[0], (lmin + 0.5) * max(s) / cl)] * 2  # + 0.5: the fastest copy survives equalising below
-    else: k = [max(ki, lmin * si / cl) if d else ki for ki, si, d in zip(k, s, drawn)]
-    # region lengths, then source starts
-    step = [si * stride for si in s]
-    L = [region_frames(ki, si, cfg, src_len) for ki, si in zip(k, s)]
-    if cfg.same_region:  # the same source extent in both: the shorter one wins
-        ext = min((Li - 1) * st for Li, st in zip(L, step))
-        L = [math.floor(ext / st + 1e-9) + 1 for st in step]
-    last = [int(src_indices(0, Li, st)[-1]) for Li, st in zip(L, step)]  # source offset of the last pasted frame
-    if cfg.same_region: a = [int(u_src[0] * (src_len - max(last)))] * 2
-    else: a = [int(u * (src_len - li)) for u, li in zip(u_src, last)]
-    # positions and background windows
-    p = [_pick(_starts(Li, cfg), u, f) for Li, u, f in zip(L, u_pos, _pair(position))]
-    W = [min(T * stride, n) for n in bg_lens]
-    b = [int(u * (n - w + 1)) for u, n, w in zip(u_bg, bg_lens, W)]
-    # the index maps
+    d = _draw(random.Random(seed), cfg)
+    s, L, a = _regions(d, cfg, src_len, region_clips, scale)  # what: speed, span length, source start
+    p = [_pick(_starts(Li, cfg), u, f) for Li, u, f in zip(L, d['pos'], _pair(position))]  # where the spans start
+    b = [int(u * (n - min(T * stride, n) + 1)) for u, n in zip(d['bg'], bg_lens)]  # where the background windows start
     bg = torch.stack([bg_indices(n, T, stride, bi) for n, bi in zip(bg_lens, b)])  # [2, T]
     frame_idx, video_idx = bg.clone(), torch.ones(2, T, dtype=torch.long)
     for i in range(2):
-        frame_idx[i, p[i]:p[i] + L[i]] = src_indices(a[i], L[i], step[i])
+        frame_idx[i, p[i]:p[i] + L[i]] = src_indices(a[i], L[i], s[i] * stride)
         video_idx[i, p[i]:p[i] + L[i]] = 0
     return PastePlan(cfg, src_len, bg_lens, video_idx, frame_idx, bg,
                      span=tuple((pi, pi + Li) for pi, Li in zip(p, L)), scale=tuple(s),
@@ -235,7 +225,7 @@ def plot_timeline(plan: PastePlan, i: int, ax=None, src_name: str = 'source', bg
     ax.text((s + e) / 2 - 0.5, 1.02, f'{src_name} {int(src[0])}..{int(src[-1])}, x{plan.scale[i]:.2f}',
             transform=ax.get_xaxis_transform(), ha='center', va='bottom', fontsize=8, color='#cc0000')
     ax.set_xlim(-0.5, plan.T - 0.5); ax.set_xlabel('output frame'); ax.set_ylabel('frame #')
-    ax.legend(fontsize=7, loc='lower right', frameon=False)
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.005, 1), frameon=False, borderaxespad=0)
     return ax
 
 def show_plan(plan: PastePlan, title: str | None = None) -> plt.Figure:
