@@ -106,7 +106,7 @@ def show_pair(pair: Tensor, # [2, T, H, W, 3] uint8, from `synthesize`
     fw, left, right = 10.0, 0.75, 1.45  # inches; the timelines' legends sit in the right margin
     aw = fw - left - right
     sh = aw * max(1, plan.T // n_show) / plan.T * H / W  # strip height that keeps the thumbnails' aspect
-    lab, gap, th, mid, bottom, top = 0.17, 0.04, 1.0, 0.12, 0.42, 0.32 if title else 0.05
+    lab, gap, th, mid, bottom, top = 0.17, 0.2, 1.0, 0.12, 0.42, 0.32 if title else 0.05  # gap: the span in words
     fh = top + 2 * (lab + sh + gap + th) + mid + bottom
     fig, y = plt.figure(figsize=(fw, fh), dpi=80), fh - top
     def add(h):  # the next axes down the figure, h inches high
@@ -119,8 +119,8 @@ def show_pair(pair: Tensor, # [2, T, H, W, 3] uint8, from `synthesize`
         frame_strip(sa, pair[i], plan, i, n_show, names)
         sa.set_ylabel(f'{names[0]} in {names[1 + i]}', rotation=0, ha='right', va='center', fontsize=9)
         plot_timeline(plan, i, ta, src_name=names[0], bg_name=f'{names[1 + i]} frame (background)')
-        ta.texts[-1].set_visible(False)  # replaced by the line below, inside the axes
-        ta.text(0.01, 0.93, _span_text(plan, i, names), transform=ta.transAxes, ha='left', va='top', fontsize=8, color='#cc0000')
+        ta.texts[-1].set_visible(False)  # replaced by the line below, above the axes
+        ta.text(0, 1.03, _span_text(plan, i, names), transform=ta.transAxes, ha='left', va='bottom', fontsize=8, color='#cc0000')
         if i == 0: ta.set_xlabel(''); ta.tick_params(labelbottom=False)
     if title: fig.suptitle(title, fontsize=10, y=1 - 0.05 / fh, va='top')
     return fig
