@@ -147,7 +147,7 @@ def pca_2d(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [N, C] -> [N,
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     return x @ vt[:2].T, (s[:2] ** 2) / (s ** 2).sum()
 
-# %% ../nbs/07_features.ipynb #229a251a
+# %% ../nbs/07_features.ipynb #d1317e42
 def boundary_profile(feats: np.ndarray,  # [N, C]
                      times: np.ndarray,  # [N] seconds, evenly spaced
                      segments,  # [M, 2] ground-truth segments, seconds
@@ -170,7 +170,7 @@ def boundary_curve(videos: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     d, c = map(np.concatenate, zip(*(boundary_profile(f, t, s, max_dist) for f, t, s in videos)))
     return np.array([c[d == k].mean() if (d == k).any() else np.nan for k in range(max_dist)])
 
-# %% ../nbs/07_features.ipynb #bada94bf
+# %% ../nbs/07_features.ipynb #15c185dc
 _MOVED = ('ACTIONFORMER_DATASET_KEYS', 'ExtractError', 'FORMATS', 'H5_FILE', 'IDENTITY', 'TIMES_RULE', 'VIDEO_INFO_COLUMNS',
           'actionformer_config', 'actionformer_num_frames', 'auto_jobs', 'context_margin', 'dataset_values', 'encoder_digest',
           'extract', 'extract_cli', 'extract_features', 'extract_parser', 'feature_names', 'open_manifest', 'read_csv', 'read_h5',

@@ -119,7 +119,7 @@ def soft_nms(segs: torch.Tensor, # candidate segments [N, 2]
     order = torch.argsort(sc, descending=True, stable=True)[:max_segs]
     return s[order], sc[order], l[order]
 
-# %% ../nbs/08_localization.ipynb #a067d813
+# %% ../nbs/08_localization.ipynb #eddd5f2d
 _MOVED = ('DetectionResult', 'EvalInputError', 'FeatureVideo', 'HeadConfig', 'LocDataset', 'LocHead', 'collate', 'decode_video',
           'eval_cli', 'evaluate', 'giou_loss_1d', 'gt_segments', 'head_loss', 'load_features', 'load_gt', 'load_pred', 'make_targets',
           'parse_gt', 'parse_pred', 'predict', 'synthetic_features', 'train_head')  # now in pal.evaluate (appendix a09)
