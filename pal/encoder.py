@@ -14,7 +14,7 @@ from torchvision.ops import roi_align
 
 # %% auto #0
 __all__ = ['BACKBONES', 'conv_block', 'TinyNet', 'build_backbone', 'temporal_stride', 'fit_temporal_stride', 'Encoder',
-           'load_backbone_weights', 'receptive_field', 'feature_offset', 'span_boxes', 'region_align', 'region_pool']
+           'receptive_field', 'feature_offset', 'span_boxes', 'region_align', 'region_pool', 'load_backbone_weights']
 
 # %% ../nbs/04_encoder.ipynb #03a45529
 def conv_block(c_in: int, c_out: int, stride=(1, 1, 1), kernel=(3, 3, 3)) -> nn.Sequential:
@@ -94,19 +94,6 @@ class Encoder(nn.Module):
 
     def extra_repr(self): return f"backbone={self.backbone!r}, mode={self.mode!r}, clip_len={self.clip_len}, out_dim={self.out_dim}"
 
-# %% ../nbs/04_encoder.ipynb #1c9e92ac
-def load_backbone_weights(encoder: Encoder, path: str | Path) -> Encoder:
-    "Load a local state dict (torchvision video-ResNet keys or `Encoder` keys) into `encoder`, strictly."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such weights file")
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(state, dict): raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {re.sub(r'^layer(\d+)\.', lambda m: f'layers.{int(m[1]) - 1}.', k): v
-             for k, v in state.items() if not k.startswith('fc.')}
-    try: encoder.load_state_dict(state, strict=True)
-    except RuntimeError as e: raise ValueError(f"{path}: weights do not fit a {encoder.backbone!r} encoder: {e}") from e
-    return encoder
-
 # %% ../nbs/04_encoder.ipynb #ca9809ac
 _RF_CACHE: dict[tuple, tuple[int, int]] = {}  # receptive fields measured so far, by `_rf_key`
 _GEOMETRY = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d)
@@ -182,3 +169,16 @@ def region_pool(features: Tensor,  # [B, C, N] clip features
                ) -> Tensor:
     "One feature per span, the mean of its RoIAlign bins: `[M, C]`."
     return region_align(features, spans, bins, index, offset).mean(-1)
+
+# %% ../nbs/04_encoder.ipynb #1c9e92ac
+def load_backbone_weights(encoder: Encoder, path: str | Path) -> Encoder:
+    "Load a local state dict (torchvision video-ResNet keys or `Encoder` keys) into `encoder`, strictly."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such weights file")
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(state, dict): raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = {re.sub(r'^layer(\d+)\.', lambda m: f'layers.{int(m[1]) - 1}.', k): v
+             for k, v in state.items() if not k.startswith('fc.')}
+    try: encoder.load_state_dict(state, strict=True)
+    except RuntimeError as e: raise ValueError(f"{path}: weights do not fit a {encoder.backbone!r} encoder: {e}") from e
+    return encoder

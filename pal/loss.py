@@ -4,47 +4,18 @@
 
 # %% ../nbs/05_loss.ipynb #19924418
 from __future__ import annotations
-import copy, math
-from itertools import chain
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-import torch.distributed as dist
 from .encoder import Encoder, region_pool, region_align, feature_offset
+from .moco import MoCo, gather_features, rank_offset, shuffle_groups, shuffle_bn_plan, embed_in_groups
+from .moco import _distributed, _all_gather, _GatherWithGrad, _to_key_ranks, _from_key_ranks
+from .receptive import frame_weights, background_gap, _linearised
+_all_ = ['MoCo', 'gather_features', 'rank_offset', 'shuffle_groups', 'frame_weights', 'background_gap']  # defined in appendices a04b, a04a
 
 # %% auto #0
-__all__ = ['gather_features', 'rank_offset', 'info_nce', 'symmetric_info_nce', 'ProjectionHead', 'MoCo', 'shuffle_groups',
-           'background_spans', 'frame_weights', 'background_gap', 'ContrastiveObjective', 'PAL', 'VideoContrast']
-
-# %% ../nbs/05_loss.ipynb #d2449a7f
-def _distributed() -> bool:
-    "True when torch.distributed runs with more than one process."
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def _all_gather(x: Tensor) -> Tensor:  # [M, ...] -> [world * M, ...], rank order, no gradient
-    if x.dtype == torch.bool: return _all_gather(x.to(torch.uint8)).bool()  # gloo has no bool
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-class _GatherWithGrad(torch.autograd.Function):
-    "All-gather whose backward gives each rank the gradient of its own rows summed over every rank's loss."
-    @staticmethod
-    def forward(ctx, x): return _all_gather(x)
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone(memory_format=torch.contiguous_format); dist.all_reduce(g)  # every rank's loss used every row
-        m = len(g) // dist.get_world_size()
-        return g[dist.get_rank() * m:(dist.get_rank() + 1) * m]
-
-def gather_features(x: Tensor) -> Tensor:
-    "All-gather `x` `[M, ...]` across ranks into `[world * M, ...]` (rank order), gradients flowing back to the rank each row came from. Identity without torch.distributed."
-    if not _distributed(): return x
-    return _GatherWithGrad.apply(x) if x.requires_grad else _all_gather(x)
-
-def rank_offset(m: int) -> int:
-    "Row of this rank's first local sample in a gathered batch of `m` per rank (0 without torch.distributed)."
-    return dist.get_rank() * m if _distributed() else 0
+__all__ = ['info_nce', 'symmetric_info_nce', 'ProjectionHead', 'background_spans', 'ContrastiveObjective', 'PAL', 'VideoContrast',
+           'MoCo', 'gather_features', 'rank_offset', 'shuffle_groups', 'frame_weights', 'background_gap']
 
 # %% ../nbs/05_loss.ipynb #62efa2b6
 def info_nce(q: Tensor,  # [M, D] queries, L2-normalised
@@ -107,71 +78,6 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor: return F.normalize(self.net(x), dim=-1)
 
-# %% ../nbs/05_loss.ipynb #2927e11a
-class MoCo(nn.Module):
-    "Momentum key encoder + head, and a ring-buffer queue of past keys with their source ids."
-    def __init__(self, encoder: nn.Module, head: ProjectionHead,
-                 queue_size: int = 4096,  # negatives kept
-                 momentum: float = 0.99,  # key weights <- momentum * key weights + (1 - momentum) * online weights
-                ):
-        super().__init__()
-        self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.key_head = copy.deepcopy(head).requires_grad_(False)
-        self.momentum = momentum
-        self.register_buffer('queue', torch.zeros(queue_size, head.out_dim))
-        self.register_buffer('queue_ids', torch.full((queue_size,), -1, dtype=torch.long))
-        self.register_buffer('ptr', torch.zeros((), dtype=torch.long))  # next slot to write
-        self.register_buffer('filled', torch.zeros((), dtype=torch.long))  # slots holding a key
-
-    @torch.no_grad()
-    def update(self, encoder: nn.Module, head: nn.Module):
-        "Move the key encoder and head towards the online ones (exponential moving average)."
-        online = chain(encoder.parameters(), head.parameters())
-        for pk, p in zip(chain(self.key_encoder.parameters(), self.key_head.parameters()), online, strict=True):
-            pk.lerp_(p.detach(), 1 - self.momentum)
-
-    @torch.no_grad()
-    def enqueue(self, keys: Tensor, ids: Tensor | None = None):  # keys [n, D]; ids [n] (default -1)
-        "Write keys (gathered from all ranks) over the oldest slots of the queue; no host sync."
-        ids = torch.full((len(keys),), -1, dtype=torch.long, device=keys.device) if ids is None else ids
-        keys, ids = gather_features(keys.detach())[-len(self.queue):], gather_features(ids)[-len(self.queue):]
-        slots = (self.ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
-        self.queue[slots], self.queue_ids[slots] = keys.to(self.queue.dtype), ids
-        self.ptr.copy_((self.ptr + len(keys)) % len(self.queue))
-        self.filled.copy_((self.filled + len(keys)).clamp(max=len(self.queue)))
-
-    def negatives(self) -> dict[str, Tensor]:
-        "The queue as `info_nce` keyword arguments: `queue`, `queue_ids`, `queue_valid`."
-        valid = torch.arange(len(self.queue), device=self.queue.device) < self.filled
-        return dict(queue=self.queue.clone(), queue_ids=self.queue_ids.clone(), queue_valid=valid)
-
-# %% ../nbs/05_loss.ipynb #e0f198f2
-def shuffle_groups(B: int,  # samples in the batch (of this process, or of all processes together)
-                   G: int,  # groups, at least 2 samples each
-                  ) -> tuple[list[Tensor], list[Tensor]]:
-    "BatchNorm groups of a batch for shuffle-BN: the queries' (contiguous blocks) and the keys' (every `G`-th sample)."
-    if G < 1 or B < 2 * G: raise ValueError(f"shuffle-BN with {G} BatchNorm groups needs at least {2 * G} samples (2 per group), got {B}")
-    return list(torch.arange(B).tensor_split(G)), [torch.arange(g, B, G) for g in range(G)]
-
-def _to_key_ranks(t: Tensor) -> Tensor:  # [m, ...] local -> [m, ...]: the global samples i with i % world == rank, in order
-    "Send every local sample to the process that computes its key (global sample i to rank i % world)."
-    W, r, m = dist.get_world_size(), dist.get_rank(), len(t)
-    dest = (r * m + torch.arange(m)) % W
-    order = torch.argsort(dest, stable=True).to(t.device)
-    send = torch.bincount(dest, minlength=W).tolist()
-    recv = [int(((s * m + torch.arange(m)) % W == r).sum()) for s in range(W)]
-    out = t.new_empty((sum(recv), *t.shape[1:]))
-    dist.all_to_all_single(out, t[order].contiguous(), recv, send)
-    return out
-
-def _from_key_ranks(t: Tensor | None, m: int) -> Tensor | None:  # [m, ...] computed here -> [m, ...] of this rank's samples
-    "The results for this process's own samples, back from the processes that computed them."
-    if t is None: return None
-    W, r = dist.get_world_size(), dist.get_rank()
-    i = r * m + torch.arange(m)  # global samples of this rank; computed on rank i % W at position i // W
-    return _all_gather(t)[((i % W) * m + i // W).to(t.device)]
-
-
 # %% ../nbs/05_loss.ipynb #a5455c38
 def background_spans(spans: Tensor,  # [M, 2] pasted (start, end) in clip units
                      n_clips: int,  # clips in the video
@@ -184,65 +90,6 @@ def background_spans(spans: Tensor,  # [M, 2] pasted (start, end) in clip units
                       torch.stack([(end + gap).clamp(max=n_clips), torch.full_like(end, n_clips)], 1)], 1)  # [M, 2, 2]
     return bg, (bg[..., 1] - bg[..., 0]) >= min_len
 
-
-# %% ../nbs/05_loss.ipynb #18783e0d
-def _linearised(encoder: nn.Module) -> nn.Module:
-    "A copy of `encoder` made linear with positive weights: each convolution averages its kernel window, BatchNorm is the identity."
-    e = copy.deepcopy(encoder).float().eval()
-    with torch.no_grad():
-        for m in e.modules():
-            if isinstance(m, nn.modules.conv._ConvNd):
-                m.weight.fill_(1 / m.weight[0].numel())
-                if m.bias is not None: m.bias.zero_()
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.zero_(); m.running_var.fill_(1 - m.eps)
-                if m.affine: m.weight.fill_(1); m.bias.zero_()
-    return e.requires_grad_(False)
-
-def frame_weights(encoder: Encoder,
-                  spans: Tensor,  # [M, 2] (start, end) in clip units
-                  n_clips: int,  # clips in the video
-                  bins: int = 4,  # RoIAlign bins per region, as in PAL
-                  size: int = 16,  # pixels of the probe video (time is what matters)
-                  offset: float | None = None,  # pooling offset in clips, as in PAL; None: `feature_offset(encoder)`
-                 ) -> Tensor:  # [M, n_clips * clip_len], rows sum to 1
-    "How much each input frame weighs in each span's pooled feature, for the linearised encoder (the architecture, not the weights)."
-    offset = feature_offset(encoder) if offset is None else offset
-    e = _linearised(encoder)
-    dev = next(e.parameters()).device
-    x = torch.ones(n_clips, 3, n_clips * encoder.clip_len, size, size, device=dev, requires_grad=True)
-    with torch.enable_grad(): e(x).diagonal(dim1=0, dim2=2).sum().backward()  # row j: the gradient of clip j's feature
-    W = x.grad.sum((1, 3, 4))  # [n_clips, T] weight of each frame in each clip feature
-    A = region_pool(torch.eye(n_clips, device=dev).expand(len(spans), n_clips, n_clips), spans.float().to(dev), bins, offset=offset)  # [M, n_clips]
-    w = A @ W
-    return (w / w.sum(1, keepdim=True)).cpu()
-
-
-# %% ../nbs/05_loss.ipynb #bae0c8cb
-def background_gap(encoder: Encoder,
-                   bins: int = 4,  # RoIAlign bins per region, as in PAL
-                   tol: float = 0.02,  # largest share of a background piece's input allowed to come from the paste side
-                   step: float = 0.25,  # resolution of the answer, in clips
-                   max_gap: float = 4.0,  # give up beyond this many clips
-                   offset: float | None = None,  # pooling offset in clips, as in PAL; None: `feature_offset(encoder)`
-                  ) -> float:
-    "Smallest gap (clips) between a paste and a 1-clip background piece for which the piece takes at most `tol` of its input from the paste side."
-    cl, k = encoder.clip_len, math.ceil(max_gap) + 2
-    gaps = torch.arange(0, max_gap + 1e-9, step)
-    n = 2 * k + 2  # a paste edge at every frame boundary of clip k, room on both sides so that the video's ends play no part
-    edges = k + torch.arange(cl) / cl
-    after = torch.stack([torch.stack([e + gaps, e + gaps + 1], 1) for e in edges])  # [cl, G, 2]: pieces after a paste ending at e
-    before = torch.stack([torch.stack([e - gaps - 1, e - gaps], 1) for e in edges])  # pieces before a paste starting at e
-    w = frame_weights(encoder, torch.cat([after, before]).view(-1, 2), n, bins, offset=offset).view(2, cl, len(gaps), -1)
-    t = torch.arange(n * cl)
-    share = torch.stack([torch.stack([w[0, i][:, t < i + k * cl].sum(-1), w[1, i][:, t >= i + k * cl].sum(-1)])
-                         for i in range(cl)]).amax((0, 1))  # [G]: the worst side and edge
-    ok = (share <= tol).nonzero()
-    if not len(ok): raise ValueError(f"background_gap: {encoder.backbone} ({encoder.mode}, clip_len {cl}) still leaks "
-                                     f"{share[-1]:.1%} at a gap of {max_gap} clips; pass bg_gap= explicitly")
-    return float(gaps[ok[0, 0]])
-
-
 # %% ../nbs/05_loss.ipynb #d0717301
 class ContrastiveObjective(nn.Module):
     "Shared by `PAL` and `VideoContrast`: projection head, optional MoCo (with shuffle-BN), symmetric InfoNCE over two views."
@@ -252,30 +99,14 @@ class ContrastiveObjective(nn.Module):
                  shuffle_bn: bool = True,  # MoCo: keys normalised in other BatchNorm groups than their queries
                  bn_groups: int = 2):  # MoCo with shuffle-BN in one process: BatchNorm groups per batch (under torchrun: the processes)
         super().__init__()
-        self.encoder, self.temperature = encoder, temperature
+        if bn_groups < 2: raise ValueError(f"bn_groups must be >= 2, got {bn_groups}")
+        self.encoder, self.temperature, self.shuffle_bn, self.bn_groups = encoder, temperature, shuffle_bn, bn_groups
         self.head = ProjectionHead(encoder.out_dim, dim, hidden_dim)
         self.moco = MoCo(encoder, self.head, queue_size, momentum) if moco else None
-        if bn_groups < 2: raise ValueError(f"bn_groups must be >= 2, got {bn_groups}")
-        self.shuffle_bn, self.bn_groups = shuffle_bn, bn_groups
 
     def embed(self, x: Tensor, spans: Tensor | None, encoder: nn.Module, head: nn.Module):
         "Projections `[B, 2, D]` (or `[B, 2, K, D]`), hard negatives `[B, R, D]` or None, their mask."
         raise NotImplementedError
-
-    def embed_groups(self, x: Tensor, spans: Tensor | None, encoder: nn.Module, head: nn.Module, groups: list[Tensor]):
-        "`embed` run on each group of samples separately (each normalised with its own BatchNorm statistics), in batch order."
-        if len(groups) == 1: return self.embed(x, spans, encoder, head)
-        parts = [self.embed(x[g], None if spans is None else spans[g], encoder, head) for g in groups]
-        back = torch.argsort(torch.cat(groups))
-        return tuple(None if p[0] is None else torch.cat(p)[back.to(p[0].device)] for p in zip(*parts))
-
-    def _embed_keys_shuffled(self, x: Tensor, spans: Tensor | None):
-        "Keys (and hard negatives) of this process's samples, computed by the processes of `shuffle_groups` (torchrun)."
-        m = len(x)
-        if m < 2: raise ValueError(f"shuffle-BN needs at least 2 samples per process, got {m}")
-        out = self.embed(_to_key_ranks(x), None if spans is None else _to_key_ranks(spans.to(x.device)),
-                         self.moco.key_encoder, self.moco.key_head)
-        return tuple(_from_key_ranks(t, m) for t in out)
 
     def forward(self, x: Tensor,  # [B, 2, 3, T, H, W] two views of each sample
                 spans: Tensor | None = None,  # [B, 2, 2] pasted spans in clip units (PAL only)
@@ -283,34 +114,24 @@ class ContrastiveObjective(nn.Module):
                ) -> tuple[Tensor, dict[str, Tensor]]:
         "Loss and diagnostics (0-dim tensors) for one batch."
         if x.ndim != 6 or x.shape[1] != 2: raise ValueError(f"expected x [B, 2, 3, T, H, W], got {tuple(x.shape)}")
-        B = len(x)
-        shuffle = self.moco is not None and self.shuffle_bn and self.training  # eval: running statistics, nothing shared
-        spread = shuffle and _distributed()  # the processes are the groups
-        q_groups, k_groups = shuffle_groups(B, self.bn_groups) if shuffle and not spread else ([torch.arange(B)],) * 2
-        z, hard, hard_valid = self.embed_groups(x, spans, self.encoder, self.head, q_groups)
-        if self.moco is None: k = z
+        B, moco = len(x), self.moco
+        q_groups, k_groups = shuffle_bn_plan(B, self.bn_groups, moco is not None and self.shuffle_bn and self.training)
+        z, hard, hard_valid = embed_in_groups(self.embed, x, spans, self.encoder, self.head, q_groups)
+        if moco is None: k = z
         else:
-            if self.training: self.moco.update(self.encoder, self.head)
-            with torch.no_grad():
-                if spread: k, hard, hard_valid = self._embed_keys_shuffled(x, spans)
-                else: k, hard, hard_valid = self.embed_groups(x, spans, self.moco.key_encoder, self.moco.key_head, k_groups)
-        D = z.shape[-1]
-        if ids is not None: ids = ids.to(z.device)
-        K = z.shape[2] if z.ndim == 4 else 1  # dense: each bin is a query
+            if self.training: moco.update(self.encoder, self.head)
+            with torch.no_grad(): k, hard, hard_valid = embed_in_groups(self.embed, x, spans, moco.key_encoder, moco.key_head, k_groups)
+        D, K, ids = z.shape[-1], (z.shape[2] if z.ndim == 4 else 1), (None if ids is None else ids.to(z.device))  # dense: K bins
         if K > 1:
             if self.mask_region_bins:  # the bins of one region (one source) are not each other's negatives
-                if ids is None: ids = torch.arange(B, device=z.device) + rank_offset(B)
-                ids = ids.repeat_interleave(K)
+                ids = (torch.arange(B, device=z.device) + rank_offset(B) if ids is None else ids).repeat_interleave(K)
             elif ids is not None: ids = (ids[:, None] * K + torch.arange(K, device=ids.device)).flatten()
-        if hard is not None and K > 1: hard, hard_valid = hard.repeat_interleave(K, 0), hard_valid.repeat_interleave(K, 0)
+            if hard is not None: hard, hard_valid = hard.repeat_interleave(K, 0), hard_valid.repeat_interleave(K, 0)
         z1, z2, k1, k2 = (t.reshape(B * K, D) for t in (z[:, 0], z[:, 1], k[:, 0], k[:, 1]))
-        extra = self.moco.negatives() if self.moco is not None else {}
-        loss, stats = symmetric_info_nce(z1, z2, k1, k2, temperature=self.temperature, ids=ids,
-                                         hard=hard, hard_valid=hard_valid, **extra)
-        if self.moco is not None and self.training:
-            self.moco.enqueue(torch.cat([k1, k2]), None if ids is None else torch.cat([ids, ids]))
+        loss, stats = symmetric_info_nce(z1, z2, k1, k2, temperature=self.temperature, ids=ids, hard=hard, hard_valid=hard_valid,
+                                         **(moco.negatives() if moco is not None else {}))
+        if moco is not None and self.training: moco.enqueue(torch.cat([k1, k2]), None if ids is None else torch.cat([ids, ids]))
         return loss, stats
-
 
 # %% ../nbs/05_loss.ipynb #f3b7107c
 class PAL(ContrastiveObjective):
@@ -353,7 +174,6 @@ class PAL(ContrastiveObjective):
         rows = torch.arange(2 * B, device=f.device).repeat_interleave(2)
         h = head(region_pool(f, bg.view(-1, 2), self.bins, index=rows, offset=self.offset))  # [4B, D]
         return z, h.view(B, 4, -1), valid.view(B, 4)  # both videos' backgrounds, for both directions
-
 
 # %% ../nbs/05_loss.ipynb #27ae9634
 class VideoContrast(ContrastiveObjective):

@@ -1,10 +1,11 @@
-"Tests for pal.loss: InfoNCE values, masks, MoCo queue, the PAL and video-level objectives, autocast, gathering."
+"Tests for pal.loss (and the appendix modules pal.moco, pal.receptive it uses): InfoNCE values, masks, MoCo queue, the PAL and video-level objectives, autocast, gathering, shuffle-BN."
 import math
 import pytest, torch
 import torch.nn.functional as F
 from pal.encoder import Encoder, region_pool, region_align, feature_offset
 from pal.loss import (info_nce, symmetric_info_nce, gather_features, rank_offset, ProjectionHead, MoCo,
                       background_spans, background_gap, frame_weights, shuffle_groups, PAL, VideoContrast)
+from pal.moco import shuffle_bn_plan, embed_in_groups
 
 
 def unit(*shape, seed=0):
@@ -255,6 +256,34 @@ def test_shuffle_bn_normalises_keys_with_other_samples_than_their_queries():
     assert [g.tolist() for g in q] == [[0, 1], [2, 3], [4, 5]] and [g.tolist() for g in k] == [[0, 3], [1, 4], [2, 5]]
     ev = PAL(Encoder('tiny', clip_len=4, width=4), dim=8, moco=True, queue_size=16).eval()
     assert len(_bn_groups_seen(ev, x, spans)['key']) == 1
+
+
+def test_embed_in_groups_normalises_each_group_and_restores_batch_order():
+    "Keys in the interleaved groups of shuffle_bn_plan: each group normalised on its own, outputs back in batch order."
+    bn = torch.nn.BatchNorm1d(1, affine=False)  # training mode: batch statistics
+    x = torch.tensor([[0.], [10.], [1.], [11.], [2.], [12.]])
+    embed = lambda x, spans, enc, head: (enc(x), None if spans is None else 2 * spans, None)
+    q_groups, k_groups = shuffle_bn_plan(6, 2, on=True)
+    assert [g.tolist() for g in q_groups] == [[0, 1, 2], [3, 4, 5]] and [g.tolist() for g in k_groups] == [[0, 2, 4], [1, 3, 5]]
+    out, sp, none = embed_in_groups(embed, x, torch.arange(6.), bn, None, k_groups)
+    z = 1.5 ** 0.5  # (0, 1, 2) and (10, 11, 12) normalise alike: -z, 0, z
+    assert torch.allclose(out.flatten(), torch.tensor([-z, -z, 0, 0, z, z]), atol=1e-3)
+    assert sp.tolist() == [0, 2, 4, 6, 8, 10] and none is None  # other outputs follow the samples back to batch order
+    qo = embed_in_groups(embed, x, None, bn, None, q_groups)[0].flatten()  # contiguous groups (0, 10, 1), (11, 2, 12): other statistics
+    assert not torch.allclose(qo, out.flatten(), atol=1e-2)
+    assert torch.allclose(embed_in_groups(embed, x, None, bn, None, None)[0], bn(x))  # no groups: one batch
+    assert shuffle_bn_plan(6, 2, on=False) == (None, None)
+    with pytest.raises(ValueError, match='at least 6 samples'): shuffle_bn_plan(5, 3, on=True)
+    with pytest.raises(ValueError, match="'ranks'"): embed_in_groups(embed, x, None, bn, None, 'rank')
+
+
+def test_names_moved_to_the_appendix_modules_are_the_same_objects():
+    "MoCo and the multi-process helpers live in pal.moco, the receptive-field probes in pal.receptive; pal.loss re-exports them."
+    import pal.loss, pal.moco, pal.receptive
+    for n in ('MoCo', 'gather_features', 'rank_offset', 'shuffle_groups', '_distributed', '_all_gather', '_GatherWithGrad'):
+        assert getattr(pal.loss, n) is getattr(pal.moco, n), n
+    for n in ('frame_weights', 'background_gap', '_linearised'): assert getattr(pal.loss, n) is getattr(pal.receptive, n), n
+    assert {'MoCo', 'gather_features', 'rank_offset', 'shuffle_groups', 'frame_weights', 'background_gap'} <= set(pal.loss.__all__)
 
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
