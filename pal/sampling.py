@@ -165,16 +165,14 @@ def _regions(d: dict, cfg: PasteConfig, src_len: int, region_clips, scale) -> tu
     if cfg.same_region: return s, L, [int(u_src[0] * (src_len - max(last)))] * 2
     return s, L, [int(u * (src_len - li)) for u, li in zip(u_src, last)]
 
-# %% ../nbs/02_sampling.ipynb #6cbffde7
+# %% ../nbs/02_sampling.ipynb #4b8e12dd
 def _starts(L: int, cfg: PasteConfig) -> list[int]:
     "Valid start frames of a span of `L` output frames."
     m = cfg.bg_margin
     lo, hi = (m, cfg.T - L - m) if cfg.position == 'inside' else (0, cfg.T - L)
-    if cfg.clip_aligned:
-        c = cfg.clip_len
-        aligned = list(range(-(-lo // c) * c, hi + 1, c))
-        if aligned: return aligned
-    return list(range(lo, hi + 1))
+    c = cfg.clip_len
+    aligned = list(range(-(-lo // c) * c, hi + 1, c)) if cfg.clip_aligned else []  # clip boundaries in [lo, hi]
+    return aligned or list(range(lo, hi + 1))
 
 def _pick(options: list, u: float, frac: float | None):
     "Choose from `options` with a uniform draw `u`, or at fraction `frac` of the range when forced."
