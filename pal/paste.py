@@ -192,9 +192,9 @@ def explore(videos: Sequence[VideoReader], # 3 or more readers opened with the s
     w.children = (widgets.HBox([widgets.VBox(c[0:3]), widgets.VBox([c[3], c[5], c[6]]), widgets.VBox([c[4], c[7], c[8]])]), w.out)
     return w
 
-# %% ../nbs/03_paste.ipynb #56498f5a
+# %% ../nbs/03_paste.ipynb #35bc110d
 def __getattr__(name: str):
-    "Names that moved to `pal.synthesis` (appendix a04: batches, augmentation, `pal-synth`) still import from `pal.paste`."
+    "Names that moved to `pal.synthesis` (appendix a04: batches, augmentation, `pal-synth`) still import from `pal.paste` (imported on first use: `pal.synthesis` imports this module)."
     if not name.startswith('__'):
         from pal import synthesis
         if hasattr(synthesis, name): return getattr(synthesis, name)
