@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings, assume, strategies as st
-from pal.sampling import PasteConfig, sample_plan, src_indices, bg_indices, region_frames, stack_spans
+from pal.sampling import PasteConfig, sample_plan, src_indices, bg_indices, region_frames, stack_spans, draw_speed
 
 
 @st.composite
@@ -163,3 +163,11 @@ def test_stack_spans():
     assert sp.shape == (4, 2, 2) and sp.dtype == torch.float32
     for b, p in enumerate(plans):
         for i in range(2): assert sp[b, i].tolist() == [x / 8 for x in p.span[i]]
+
+
+def test_draw_speed():
+    "A uniform draw u maps to the speed: log-uniform by default (u = 0.5 is speed 1), uniform with log_scale=False."
+    log, lin = PasteConfig(), PasteConfig(log_scale=False)
+    assert [round(draw_speed(u, log), 12) for u in (0, 0.5, 1)] == [0.5, 1.0, 2.0]
+    assert [draw_speed(u, lin) for u in (0, 0.5, 1)] == [0.5, 1.25, 2.0]
+    assert draw_speed(0.25, PasteConfig(min_scale=1, max_scale=1)) == 1.0
