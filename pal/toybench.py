@@ -18,7 +18,7 @@ __all__ = ['CLASSES', 'SPLITS', 'GENERATOR_VERSION', 'PRESETS', 'ANNOTATIONS', '
 # %% ../nbs/a03_toybench.ipynb #4a9a4604
 CLASSES = ('bounce', 'spin', 'pulse', 'zigzag', 'blink')
 SPLITS = ('unlabeled', 'train', 'test')
-GENERATOR_VERSION = 1 # bump when rendering changes, so cached benchmarks are not reused
+GENERATOR_VERSION = 2 # bump when rendering changes, so cached benchmarks are not reused (2: objects 1.5x larger, `obj_size`)
 
 @dataclass(frozen=True)
 class ToyConfig:
@@ -34,6 +34,7 @@ class ToyConfig:
     gap: float = 0.5 # minimum seconds between actions and from the video ends
     distractors: tuple[int, int] = (1, 2) # objects in constant linear motion, inclusive
     drift: float = 3.0 # camera drift amplitude, px
+    obj_size: tuple[float, float] = (0.22, 0.28) # half the long axis of every object, fraction of `size`, uniform (v1: 0.14-0.2)
     classes: tuple[str, ...] = CLASSES
     crf: int = 10 # libx264 quality (lower is better; 10 keeps small objects crisp)
     seed: int = 0
@@ -43,6 +44,10 @@ class ToyConfig:
         if bad: raise ValueError(f"ToyConfig.classes: unknown {sorted(bad)}; known: {CLASSES}")
         if self.action_len[1] + 2 * self.gap > self.duration[0]:
             raise ValueError("ToyConfig: the longest action plus gaps must fit the shortest video")
+        lo, hi = self.obj_size
+        if not 0 < lo <= hi: raise ValueError(f"ToyConfig.obj_size needs 0 < min <= max, got {self.obj_size}")
+        if 2 * (hi * self.size + self.drift + 1) + 0.2 * self.size > self.size:  # margins on both sides + the widest zigzag
+            raise ValueError(f"ToyConfig.obj_size: objects up to {hi} x {self.size} px do not fit the frame with drift {self.drift}")
     def key(self) -> str:
         "Short hash of the config and generator version: the cache folder name."
         blob = json.dumps({**asdict(self), 'version': GENERATOR_VERSION}, sort_keys=True)
@@ -122,7 +127,7 @@ def sample_scene(cfg: ToyConfig, split: str, index: int,
     bg = {k: np.asarray(v).tolist() for k, v in bg.items()}
     objs = []
     def obj(kind, start, end, sat=(0.7, 1.0), val=(0.85, 1.0)):
-        r = float(rng.uniform(0.14, 0.2) * S)
+        r = float(rng.uniform(*cfg.obj_size) * S)
         return ToyObject(kind, start, end, _rgb(rng, sat, val), r, float(rng.uniform(1.5, 2.3)),
                          str(rng.choice(['ellipse', 'rect'])), (0.0, 0.0), float(rng.uniform(0, np.pi)),
                          float(rng.uniform(0.5, 1.2)), 0.0, float(rng.choice([-1.0, 1.0])))
@@ -314,6 +319,8 @@ def toybench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--seed', type=int, help="generator seed (default: the preset's, 0)")
     for s in SPLITS: ap.add_argument(f'--n-{s}', type=int, metavar='N', help=f"number of {s} videos (default: the preset's)")
     ap.add_argument('--duration', type=float, nargs=2, metavar=('MIN', 'MAX'), help="seconds per video (default: the preset's)")
+    ap.add_argument('--obj-size', type=float, nargs=2, metavar=('MIN', 'MAX'),
+                    help="half the long axis of the objects, fraction of the frame side (default: 0.22 0.28; version 1: 0.14 0.2)")
     ap.add_argument('--overwrite', action='store_true', help="regenerate even if OUT holds a complete benchmark (of any config), and write "
                     "into a non-empty folder that is not one; only the benchmark's own files and folders are replaced")
     ap.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -323,8 +330,9 @@ def toybench_cli(argv: list[str] | None = None) -> int:
     "`pal-toybench`: generate the toy benchmark as a dataset that TAL code reads; returns the exit status."
     ap = toybench_parser(); a = ap.parse_args(argv)
     over = {k: v for k, v in dict(seed=a.seed, n_unlabeled=a.n_unlabeled, n_train=a.n_train, n_test=a.n_test,
-                                  duration=tuple(a.duration) if a.duration else None).items() if v is not None}
-    if any(v < 0 for k, v in over.items() if k != 'duration'): ap.error('--seed and the video counts must be >= 0')
+                                  duration=tuple(a.duration) if a.duration else None,
+                                  obj_size=tuple(a.obj_size) if a.obj_size else None).items() if v is not None}
+    if any(v < 0 for k, v in over.items() if k not in ('duration', 'obj_size')): ap.error('--seed and the video counts must be >= 0')
     if a.duration and not 0 < a.duration[0] <= a.duration[1]: ap.error(f'--duration needs 0 < MIN <= MAX, got {a.duration}')
     try: cfg = toy_config(a.preset, **over)
     except ValueError as e: ap.error(str(e))

@@ -266,3 +266,27 @@ def test_annotations_written_for_a_benchmark_made_before_them(bench, tmp_path):
     assert (generate(TINY, tmp_path / 'old').root / ANNOTATIONS).read_text() == want == (bench.root / ANNOTATIONS).read_text()
     assert annotations_json(bench) == json.loads(want)
     assert SUBSETS == {'train': 'training', 'test': 'testing'}
+
+
+def test_version_2_objects_are_larger_and_v1_size_draws_v1_scenes(tmp_path):
+    "Generator v2 changes only the object size: obj_size=(0.14, 0.2) gives version 1's scenes, draw for draw."
+    from pal.toybench import GENERATOR_VERSION
+    assert GENERATOR_VERSION == 2 and ToyConfig().obj_size == (0.22, 0.28)
+    v1_cfg = toy_config('small', obj_size=(0.14, 0.2))
+    assert v1_cfg.key() != toy_config('small').key()
+    want = {('train', 0): [('distractor', 0, 151, 6.5013), ('distractor', 0, 151, 7.6961), ('zigzag', 15, 41, 6.6663),
+                           ('spin', 89, 117, 7.3849), ('spin', 124, 142, 5.8464)],
+            ('test', 7): [('distractor', 0, 139, 5.8163), ('spin', 5, 26, 6.6271), ('zigzag', 40, 59, 7.3014), ('pulse', 91, 121, 6.0571)]}
+    for (split, i), objs in want.items():  # what version 1's generator drew (recorded before the change)
+        v1, v2 = sample_scene(v1_cfg, split, i), sample_scene(toy_config('small'), split, i)
+        assert [(o.kind, o.start, o.end) for o in v1.objects] == [o[:3] for o in objs]
+        np.testing.assert_allclose([o.radius for o in v1.objects], [o[3] for o in objs], atol=1e-3)
+        assert [(o.kind, o.start, o.end) for o in v2.objects] == [o[:3] for o in objs] and v2.bg == v1.bg
+        for o in v2.objects:
+            assert 0.22 * 40 <= o.radius <= 0.28 * 40
+        for o in v2.actions:  # the larger objects are still drawn in every annotated frame (the margin keeps them in view)
+            assert o.radius + TINY.drift + 1 <= o.pos[0] <= 40 - o.radius - TINY.drift - 1 or o.kind == 'zigzag'
+    with pytest.raises(ValueError, match='obj_size needs'): toy_config('small', obj_size=(0.3, 0.2))
+    with pytest.raises(ValueError, match='do not fit'): toy_config('small', obj_size=(0.2, 0.4))
+    assert toybench_cli(['--out', str(tmp_path / 'v1'), '--obj-size', '0.14', '0.2', *TINY_ARGS]) == 0
+    assert json.loads((tmp_path / 'v1' / 'config.json').read_text())['obj_size'] == [0.14, 0.2]
