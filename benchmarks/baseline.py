@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pal.paste import AugmentConfig, AugmentParams, colour_matrix, _LUMA
+from pal.synthesis import AugmentConfig, AugmentParams, colour_matrix, _LUMA
 
 
 # ---- pal.paste.apply_augment before: float copy of the whole frames, one grid_sample over the batch,
@@ -57,10 +57,15 @@ def rgb_before(frame: av.VideoFrame, size, fmt=None):
 import contextlib
 
 
+def _extract_module():
+    "The module whose `extract` looks `extract_features` and `window_plan` up: `pal.extract` since the course split, `pal.features` before."
+    return _try_import('pal.extract') or _try_import('pal.features')
+
+
 @contextlib.contextmanager
 def no_prefetch():
-    "Inside this block `pal.features.extract` calls `extract_features(..., prefetch=False)`: decoding and the encoder take turns."
-    feats = _try_import('pal.features')
+    "Inside this block `pal.extract.extract` calls `extract_features(..., prefetch=False)`: decoding and the encoder take turns."
+    feats = _extract_module()
     ef = getattr(feats, 'extract_features', None)
     if ef is not None: feats.extract_features = lambda *a, **k: ef(*a, **{**k, 'prefetch': False})
     try: yield
@@ -84,8 +89,8 @@ def window_plan_before(rows: int, window: int, margin: int) -> list[tuple[int, i
 
 @contextlib.contextmanager
 def flush_last_window():
-    "Inside this block `pal.features.extract_features` plans its windows as before change G."
-    feats = _try_import('pal.features')
+    "Inside this block `pal.extract.extract_features` plans its windows as before change G."
+    feats = _extract_module()
     wp = getattr(feats, 'window_plan', None)
     if wp is not None: feats.window_plan = window_plan_before
     try: yield
@@ -101,8 +106,10 @@ def before():
     and `pal.features.extract` decodes and encodes in turn (`extract_features(..., prefetch=False)`), with the
     last window of a video full-size and flush with its end.
     Not reverted: `VideoReader.get` no longer copies frames already in order (a small saving)."""
-    import pal.video as V, pal.paste as P
-    mods = [m for m in (P, _try_import('pal.train'), _try_import('pal.features')) if m is not None and hasattr(m, 'apply_augment')]
+    import sys, pal.video as V
+    for name in ('pal.paste', 'pal.synthesis', 'pal.data', 'pal.train', 'pal.features', 'pal.extract'): _try_import(name)
+    # every pal module that calls apply_augment by its global name (since the course split: pal.synthesis, pal.data, pal.features)
+    mods = [m for n, m in sorted(sys.modules.items()) if n.startswith('pal.') and 'apply_augment' in vars(m)]
     saved = (V.VideoReader.__init__.__defaults__, V._rgb, V._SEEK_GAP, [m.apply_augment for m in mods])
     V.VideoReader.__init__.__defaults__ = (None, 'decord')
     V._rgb, V._SEEK_GAP = rgb_before, 0
