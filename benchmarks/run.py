@@ -352,6 +352,8 @@ def write_markdown(R: dict, path: Path, argv: list[str], seconds: float):
         f"- **Machine:** {m['cpu']}, {m['cores']} cores, shared with other jobs (load average at the start "
         f"{m['load'][0]:.1f}); no GPU. Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
         f"PyAV {m['av']}, decord {m['decord']}. `torch.set_num_threads({m['threads']})` in every process.",
+        *[f"- **Measured separately:** part `{part}` with `python benchmarks/run.py {' '.join(p['argv'])}`, {p['date']}, "
+          f"commit {p['commit']}, {p['cpu']}, load average at the start {p['load'][0]:.1f}." for part, p in R.get('partial', {}).items()],
         '- **Method:** every row compares two (or three) things in the same run, interleaved (A B, B A, A B ...), '
         'after one untimed round; times are medians of the repetitions, ratios are medians of the per-round ratios (steadier '
         'when the load drifts). Wall-clock unless marked CPU; process CPU times are given beside them because on a loaded '
@@ -401,7 +403,9 @@ def main(argv=None):
         R['gpu'] = json.loads(gpu.read_text()) if gpu.exists() else None
         write_markdown(R, Path(args.out), R.get('argv', []), R.get('seconds', 0))
         return print(f'wrote {args.out} from {res_file}')
-    R['machine'] = machine()
+    if args.only and 'machine' in R:  # a partial run: the header keeps the full run's facts, the parts get their own
+        R.setdefault('partial', {}).update({part: dict(machine(), argv=argv) for part in args.only})
+    else: R['machine'], R['partial'] = machine(), {}
     t0 = time.perf_counter()
     for kind in ('untrimmed', 'trimmed'): bench_videos(kind)
     for part in args.only or PARTS:
@@ -411,7 +415,7 @@ def main(argv=None):
         print(f'{part}: {time.perf_counter() - t:.0f} s', flush=True)
     gpu = RESULTS / 'perf_gpu.json'
     R['gpu'] = json.loads(gpu.read_text()) if gpu.exists() else None
-    R['argv'], R['seconds'] = argv, time.perf_counter() - t0
+    if not (args.only and R.get('partial')): R['argv'], R['seconds'] = argv, time.perf_counter() - t0
     res_file.write_text(json.dumps(R, indent=1, default=str))
     write_markdown(R, Path(args.out), argv, R['seconds'])
     print(f'wrote {args.out} and {res_file}')
