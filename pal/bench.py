@@ -5,7 +5,6 @@
 # %% ../nbs/09_benchmark.ipynb #dbbf7029
 from __future__ import annotations
 import importlib, json, math
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -17,8 +16,8 @@ from .localize import TIOU_PRESETS, segment_iou
 from .evaluate import HeadConfig, train_head, predict, evaluate
 
 # %% auto #0
-__all__ = ['VARIANTS', 'BENCH_PRESETS', 'BenchConfig', 'bench_config', 'split_videos', 'protocol_split', 'oracle_labels', 'probe',
-           't_quantile', 'paired_diffs', 'row_dataset', 'identity_share', 'row_probe', 'diagnose', 'paired_plot']
+__all__ = ['VARIANTS', 'split_videos', 'protocol_split', 'oracle_labels', 'probe', 't_quantile', 'paired_diffs', 'row_dataset',
+           'identity_share', 'row_probe', 'diagnose', 'paired_plot']
 
 # %% ../nbs/09_benchmark.ipynb #f1428376
 VARIANTS = {  # encoder name -> (how it is trained: 'random', 'video', 'pal' or 'supervised'; TrainConfig overrides on top of the preset's)
@@ -41,57 +40,6 @@ VARIANTS = {  # encoder name -> (how it is trained: 'random', 'video', 'pal' or 
     'video-clip': ('video', {'mode': 'clip'}),
 }
 
-_TOY_TRAIN = dict(size=32, decode_size=(40, 40), paste=dict(n_clips=8, clip_len=4, frame_stride=1), ckpt_every=25,
-                  optimizer='sgd', lr=0.003, momentum=0.9, weight_decay=1e-4, warmup_steps=10, temperature=0.1)  # pinned
-_FOUR = ('random', 'video', 'pal', 'supervised')
-
-BENCH_PRESETS = {
-    'tiny': dict(toy=dict(preset='small', n_unlabeled=3, n_train=4, n_test=2, duration=(8.0, 10.0)),  # tests: about a minute
-                 train=dict(_TOY_TRAIN, steps=2, batch_size=3, warmup_steps=1), head=dict(epochs=3), methods=_FOUR, seeds=(0,), head_seeds=2),
-    'small': dict(toy=dict(preset='small', n_train=96, n_test=48),  # 2 CPU cores: under 20 minutes with --jobs 2
-                  train=dict(_TOY_TRAIN, steps=300, batch_size=8), head={}, methods=_FOUR, seeds=(0, 1, 2, 3, 4)),
-    'large': dict(toy=dict(preset='large'),  # one GPU
-                  train=dict(_TOY_TRAIN, size=48, decode_size=(64, 64), width=32, steps=3000, batch_size=64, lr=0.02,
-                             warmup_steps=100, ckpt_every=500), head=dict(epochs=60), methods=_FOUR, seeds=(0, 1, 2, 3, 4)),
-}
-
-@dataclass
-class BenchConfig:
-    "One pal-bench run: the toy data, the encoders and their shared pretraining settings, the head, the seeds, the split."
-    toy: dict  # 'preset' (a pal.toybench preset) and ToyConfig overrides
-    train: dict  # TrainConfig overrides shared by every encoder (nested 'paste' / 'augment' dicts allowed)
-    head: dict  # HeadConfig overrides (its seed is set per head)
-    methods: tuple[str, ...] = _FOUR  # names in VARIANTS
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # pretraining seeds, paired across encoders
-    head_seeds: int = 3  # localization heads per encoder and seed (seeds 100 * seed + 0, 1, ...); their mAP is averaged
-    split: str = 'val'  # 'val': heads fit on the training part, scored on the validation part; 'test': fit on all training videos, scored on test
-    val_frac: float = 0.25  # share of the labelled training videos held out for validation
-    val_seed: int = 0  # fixes which ones
-    primary: tuple[str, str] = ('pal', 'video')  # the comparison declared before running: (encoder, reference)
-    window: int = 32  # clips per extraction window
-    device: str = 'auto'
-    def __post_init__(self):
-        self.methods, self.seeds, self.primary = tuple(self.methods), tuple(int(s) for s in self.seeds), tuple(self.primary)
-        bad = [m for m in self.methods if m not in VARIANTS]
-        if bad: raise ValueError(f'unknown encoder(s) {bad}; known: {list(VARIANTS)}')
-        if not self.methods or not self.seeds or self.head_seeds < 1:
-            raise ValueError('BenchConfig needs at least one method, one seed and one head seed')
-        if self.split not in ('val', 'test'): raise ValueError(f"BenchConfig.split must be 'val' or 'test', got {self.split!r}")
-        if not 0 < self.val_frac < 1: raise ValueError(f'BenchConfig.val_frac must be in (0, 1), got {self.val_frac}')
-
-def bench_config(preset: str = 'small', **overrides) -> BenchConfig:
-    "A preset (`tiny`, `small`, `large`) with top-level overrides; `train`/`toy`/`head` dicts are merged, not replaced."
-    if preset not in BENCH_PRESETS: raise ValueError(f'unknown bench preset {preset!r}; choose from {sorted(BENCH_PRESETS)}')
-    d = json.loads(json.dumps(BENCH_PRESETS[preset]))  # a deep copy
-    for k, v in overrides.items(): d[k] = _merge(d[k], v) if k in ('toy', 'train', 'head') else v
-    return BenchConfig(**d)
-
-def _merge(a: dict, b: dict) -> dict:
-    "`a` updated by `b`, recursively for nested dicts."
-    out = dict(a)
-    for k, v in b.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
 # %% ../nbs/09_benchmark.ipynb #7c1d2e01
 def split_videos(names: Sequence[str], frac: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
     "Labelled training videos cut into a training part and a validation part (`frac` of them, at least one), fixed by `seed`."
@@ -100,7 +48,8 @@ def split_videos(names: Sequence[str], frac: float = 0.25, seed: int = 0) -> tup
     held = set(np.random.default_rng(seed).permutation(len(names))[:k].tolist())
     return [n for i, n in enumerate(names) if i not in held], [n for i, n in enumerate(names) if i in held]
 
-def protocol_split(cfg: BenchConfig, gt_train: dict, gt_test: dict) -> tuple[dict, dict]:
+def protocol_split(cfg,  # a `BenchConfig` (its split, val_frac, val_seed)
+                   gt_train: dict, gt_test: dict) -> tuple[dict, dict]:
     "Ground truth the heads are fit on and the one they are scored on: (training part, validation part) or (training videos, test videos)."
     if cfg.split == 'test': return gt_train, gt_test
     sub = lambda names: {**gt_train, 'database': {n: gt_train['database'][n] for n in names}}
@@ -180,6 +129,7 @@ def identity_share(feats: dict) -> float:
     means = np.concatenate([np.repeat(f.feats.mean(0, keepdims=True), len(f.feats), 0) for f in feats.values()])
     return float(((means - X.mean(0)) ** 2).sum() / ((X - X.mean(0)) ** 2).sum())
 
+# %% ../nbs/09_benchmark.ipynb #28e074ec
 def row_probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], n_classes: int, l2: float = 1e-3) -> float:
     "Balanced accuracy on `test` of a class-balanced linear softmax classifier fitted (L-BFGS) on `train`; each is (rows [R, C], labels [R])."
     (Xtr, ytr), (Xte, yte) = train, test
@@ -221,7 +171,7 @@ def paired_plot(res: dict, ref: str = 'video', ax=None) -> plt.Axes:
     ax.legend(fontsize=7, frameon=False, loc='upper left', bbox_to_anchor=(1.01, 1))
     return ax
 
-_MOVED = ('make_toy_config', 'make_train_config', 'run_key', 'pretrained', 'features', 'summarize', 'results_table',
+_MOVED = ('BENCH_PRESETS', 'BenchConfig', 'bench_config', 'make_toy_config', 'make_train_config', 'run_key', 'pretrained', 'features', 'summarize', 'results_table',
           'plot_results', 'variant_table', 'machine', 'run_bench', 'write_results', 'bench_parser', 'bench_cli')  # in pal.benchrun (appendix a10)
 
 def __getattr__(name: str):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, hashlib, json, os, platform, resource, shlex, shutil, subprocess, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import dataclass, asdict, replace
 from importlib.metadata import version, PackageNotFoundError
 from pathlib import Path
 import multiprocessing as mp
@@ -25,12 +25,64 @@ from .extract import extract, save_encoder, slim_checkpoint
 from .evaluate import load_features
 from .localize import TIOU_PRESETS
 from .supervised import train_supervised
-from .bench import (VARIANTS, BENCH_PRESETS, BenchConfig, bench_config, _merge, protocol_split, probe, diagnose,
-                       paired_diffs, paired_plot)
+from .bench import VARIANTS, protocol_split, probe, diagnose, paired_diffs, paired_plot
 
 # %% auto #0
-__all__ = ['make_toy_config', 'make_train_config', 'run_key', 'pretrained', 'features', 'machine', 'summarize', 'results_table',
-           'plot_results', 'variant_table', 'run_bench', 'write_results', 'bench_parser', 'bench_cli']
+__all__ = ['BENCH_PRESETS', 'BenchConfig', 'bench_config', 'make_toy_config', 'make_train_config', 'run_key', 'pretrained',
+           'features', 'machine', 'summarize', 'results_table', 'plot_results', 'variant_table', 'run_bench',
+           'write_results', 'bench_parser', 'bench_cli']
+
+# %% ../nbs/a10_bench_runner.ipynb #e1a0001b
+_TOY_TRAIN = dict(size=32, decode_size=(40, 40), paste=dict(n_clips=8, clip_len=4, frame_stride=1), ckpt_every=25,
+                  optimizer='sgd', lr=0.003, momentum=0.9, weight_decay=1e-4, warmup_steps=10, temperature=0.1)  # pinned
+_FOUR = ('random', 'video', 'pal', 'supervised')
+
+BENCH_PRESETS = {
+    'tiny': dict(toy=dict(preset='small', n_unlabeled=3, n_train=4, n_test=2, duration=(8.0, 10.0)),  # tests: about a minute
+                 train=dict(_TOY_TRAIN, steps=2, batch_size=3, warmup_steps=1), head=dict(epochs=3), methods=_FOUR, seeds=(0,), head_seeds=2),
+    'small': dict(toy=dict(preset='small', n_train=96, n_test=48),  # 2 CPU cores: under 20 minutes with --jobs 2
+                  train=dict(_TOY_TRAIN, steps=300, batch_size=8), head={}, methods=_FOUR, seeds=(0, 1, 2, 3, 4)),
+    'large': dict(toy=dict(preset='large'),  # one GPU
+                  train=dict(_TOY_TRAIN, size=48, decode_size=(64, 64), width=32, steps=3000, batch_size=64, lr=0.02,
+                             warmup_steps=100, ckpt_every=500), head=dict(epochs=60), methods=_FOUR, seeds=(0, 1, 2, 3, 4)),
+}
+
+@dataclass
+class BenchConfig:
+    "One pal-bench run: the toy data, the encoders and their shared pretraining settings, the head, the seeds, the split."
+    toy: dict  # 'preset' (a pal.toybench preset) and ToyConfig overrides
+    train: dict  # TrainConfig overrides shared by every encoder (nested 'paste' / 'augment' dicts allowed)
+    head: dict  # HeadConfig overrides (its seed is set per head)
+    methods: tuple[str, ...] = _FOUR  # names in VARIANTS
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # pretraining seeds, paired across encoders
+    head_seeds: int = 3  # localization heads per encoder and seed (seeds 100 * seed + 0, 1, ...); their mAP is averaged
+    split: str = 'val'  # 'val': heads fit on the training part, scored on the validation part; 'test': fit on all training videos, scored on test
+    val_frac: float = 0.25  # share of the labelled training videos held out for validation
+    val_seed: int = 0  # fixes which ones
+    primary: tuple[str, str] = ('pal', 'video')  # the comparison declared before running: (encoder, reference)
+    window: int = 32  # clips per extraction window
+    device: str = 'auto'
+    def __post_init__(self):
+        self.methods, self.seeds, self.primary = tuple(self.methods), tuple(int(s) for s in self.seeds), tuple(self.primary)
+        bad = [m for m in self.methods if m not in VARIANTS]
+        if bad: raise ValueError(f'unknown encoder(s) {bad}; known: {list(VARIANTS)}')
+        if not self.methods or not self.seeds or self.head_seeds < 1:
+            raise ValueError('BenchConfig needs at least one method, one seed and one head seed')
+        if self.split not in ('val', 'test'): raise ValueError(f"BenchConfig.split must be 'val' or 'test', got {self.split!r}")
+        if not 0 < self.val_frac < 1: raise ValueError(f'BenchConfig.val_frac must be in (0, 1), got {self.val_frac}')
+
+def bench_config(preset: str = 'small', **overrides) -> BenchConfig:
+    "A preset (`tiny`, `small`, `large`) with top-level overrides; `train`/`toy`/`head` dicts are merged, not replaced."
+    if preset not in BENCH_PRESETS: raise ValueError(f'unknown bench preset {preset!r}; choose from {sorted(BENCH_PRESETS)}')
+    d = json.loads(json.dumps(BENCH_PRESETS[preset]))  # a deep copy
+    for k, v in overrides.items(): d[k] = _merge(d[k], v) if k in ('toy', 'train', 'head') else v
+    return BenchConfig(**d)
+
+def _merge(a: dict, b: dict) -> dict:
+    "`a` updated by `b`, recursively for nested dicts."
+    out = dict(a)
+    for k, v in b.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 # %% ../nbs/a10_bench_runner.ipynb #2525ce34
 def _tuples(d: dict) -> dict: return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -219,6 +271,7 @@ def results_table(res: dict) -> str:
     split = {'val': 'validation split', 'test': 'test split'}.get(res.get('split'), 'test split')
     return head + body + f'\nmean ± std over {n} seed{"s" * (n > 1)}, {split}; toy benchmark `{res["config"]["toy"]}`\n' + _primary_line(res)
 
+# %% ../nbs/a10_bench_runner.ipynb #e1a0001e
 def plot_results(res: dict, title: str | None = None) -> plt.Figure:
     "Grouped bars: mAP (%) per tIoU and on average, one colour per encoder, error bars = std over seeds; legend outside the axes."
     labels = [f'{t:.1f}' for t in res['tiou']] + ['avg']
