@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_encoder.ipynb #392c0e01
 from __future__ import annotations
-import copy, math, re
+import importlib, math
 from pathlib import Path
 import torch
 from torch import nn, Tensor
@@ -14,7 +14,7 @@ from torchvision.ops import roi_align
 
 # %% auto #0
 __all__ = ['BACKBONES', 'conv_block', 'TinyNet', 'build_backbone', 'temporal_stride', 'fit_temporal_stride', 'Encoder',
-           'receptive_field', 'feature_offset', 'span_boxes', 'region_align', 'region_pool', 'load_backbone_weights']
+           'feature_offset', 'span_boxes', 'region_align', 'region_pool']
 
 # %% ../nbs/04_encoder.ipynb #03a45529
 def conv_block(c_in: int, c_out: int, stride=(1, 1, 1), kernel=(3, 3, 3)) -> nn.Sequential:
@@ -75,7 +75,9 @@ class Encoder(nn.Module):
         self.backbone, self.mode, self.clip_len = backbone, mode, clip_len
         self.stem, self.layers, self.out_dim = build_backbone(backbone, width)
         self.temporal_stride = fit_temporal_stride(self.stem, self.layers, clip_len)
-        if weights is not None: load_backbone_weights(self, weights)
+        if weights is not None:
+            from pal.receptive import load_backbone_weights  # appendix a04a (it imports this module)
+            load_backbone_weights(self, weights)
 
     def trunk(self, x: Tensor) -> Tensor:
         "Backbone features pooled over space: `[B, 3, T, H, W]` -> `[B, C, T // temporal_stride]`."
@@ -94,46 +96,10 @@ class Encoder(nn.Module):
 
     def extra_repr(self): return f"backbone={self.backbone!r}, mode={self.mode!r}, clip_len={self.clip_len}, out_dim={self.out_dim}"
 
-# %% ../nbs/04_encoder.ipynb #ca9809ac
-_RF_CACHE: dict[tuple, tuple[int, int]] = {}  # receptive fields measured so far, by `_rf_key`
-_GEOMETRY = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool3d)
-
-def _rf_key(encoder: Encoder, size: int) -> tuple:
-    "What a receptive field depends on: mode, clip length, probe size and the kernels, strides, padding, dilation of every conv and pooling layer."
-    geometry = tuple((type(m).__name__, *(str(getattr(m, a, None)) for a in ('kernel_size', 'stride', 'padding', 'dilation')))
-                     for m in encoder.modules() if isinstance(m, _GEOMETRY))
-    return encoder.mode, encoder.clip_len, size, geometry
-
-def _measure_receptive_field(encoder: Encoder, size: int) -> tuple[int, int]:
-    "Sampled frames before / after clip k that reach its feature: the non-zero input gradient of a positive-weight copy."
-    probe = copy.deepcopy(encoder).cpu().float().eval()
-    with torch.no_grad():
-        for m in probe.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                m.weight.fill_(1 / m.weight[0].numel())
-                if m.bias is not None: m.bias.zero_()
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)): m.reset_parameters()
-    L, k = encoder.clip_len, 4
-    while True:  # clip k of 2k + 1 must see neither end of the probe video; else try a longer one
-        x = torch.ones(1, 3, (2 * k + 1) * L, size, size, requires_grad=True)
-        with torch.enable_grad(): probe(x)[0, :, k].sum().backward()
-        hit = (x.grad.abs().sum((0, 1, 3, 4)) > 0).nonzero().flatten()  # frames that reach clip k
-        first, last = int(hit[0]), int(hit[-1])
-        if first > 0 and last < x.shape[2] - 1: return k * L - first, last - (k * L + L - 1)
-        k *= 2
-
-def receptive_field(encoder: Encoder,
-                    size: int = 4,  # pixels of the probe video (any size gives the same reach in time)
-                   ) -> tuple[int, int]:
-    "Sampled frames before a clip's first frame and after its last frame that can change its feature ((0, 0) in clip mode); measured once per architecture."
-    if encoder.mode == 'clip': return 0, 0
-    key = _rf_key(encoder, size)
-    if key not in _RF_CACHE: _RF_CACHE[key] = _measure_receptive_field(encoder, size)
-    return _RF_CACHE[key]
-
 # %% ../nbs/04_encoder.ipynb #9a7a70ca
 def feature_offset(encoder: Encoder) -> float:
     "Where a clip's feature looks minus the clip's centre, in clips (negative: earlier), from the measured `receptive_field`."
+    from pal.receptive import receptive_field  # appendix a04a (it imports this module)
     before, after = receptive_field(encoder)
     return (after - before) / (2 * encoder.clip_len)  # feature j is centred at j + 0.5 + this, clip j covering [j, j + 1)
 
@@ -170,15 +136,9 @@ def region_pool(features: Tensor,  # [B, C, N] clip features
     "One feature per span, the mean of its RoIAlign bins: `[M, C]`."
     return region_align(features, spans, bins, index, offset).mean(-1)
 
-# %% ../nbs/04_encoder.ipynb #1c9e92ac
-def load_backbone_weights(encoder: Encoder, path: str | Path) -> Encoder:
-    "Load a local state dict (torchvision video-ResNet keys or `Encoder` keys) into `encoder`, strictly."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such weights file")
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(state, dict): raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {re.sub(r'^layer(\d+)\.', lambda m: f'layers.{int(m[1]) - 1}.', k): v
-             for k, v in state.items() if not k.startswith('fc.')}
-    try: encoder.load_state_dict(state, strict=True)
-    except RuntimeError as e: raise ValueError(f"{path}: weights do not fit a {encoder.backbone!r} encoder: {e}") from e
-    return encoder
+# %% ../nbs/04_encoder.ipynb #dc073334
+_MOVED = ('receptive_field', 'load_backbone_weights', '_RF_CACHE', '_rf_key', '_measure_receptive_field')  # now in pal.receptive (a04a)
+def __getattr__(name: str):
+    "Names that moved to `pal.receptive` (appendix a04a) still import from `pal.encoder` (imported on first use: `pal.receptive` imports this module)."
+    if name in _MOVED: return getattr(importlib.import_module('pal.receptive'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

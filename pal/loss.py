@@ -118,9 +118,7 @@ class ContrastiveObjective(nn.Module):
         q_groups, k_groups = shuffle_bn_plan(B, self.bn_groups, moco is not None and self.shuffle_bn and self.training)
         z, hard, hard_valid = embed_in_groups(self.embed, x, spans, self.encoder, self.head, q_groups)
         if moco is None: k = z
-        else:
-            if self.training: moco.update(self.encoder, self.head)
-            with torch.no_grad(): k, hard, hard_valid = embed_in_groups(self.embed, x, spans, moco.key_encoder, moco.key_head, k_groups)
+        else: k, hard, hard_valid = moco.keys(self.embed, x, spans, k_groups, self.encoder, self.head, update=self.training)
         D, K, ids = z.shape[-1], (z.shape[2] if z.ndim == 4 else 1), (None if ids is None else ids.to(z.device))  # dense: K bins
         if K > 1:
             if self.mask_region_bins:  # the bins of one region (one source) are not each other's negatives
@@ -144,9 +142,7 @@ class PAL(ContrastiveObjective):
                  align: str = 'pooled',  # 'pooled': one vector per region; 'dense': bin-by-bin alignment
                  background_negatives: bool = False,  # the background before/after each paste as hard negatives
                  min_background: float = 1.0,  # shortest background piece used, in clips
-                 moco: bool = False,  # momentum key encoder + queue of negatives
-                 queue_size: int = 4096,
-                 momentum: float = 0.99,
+                 moco: bool = False, queue_size: int = 4096, momentum: float = 0.99,  # MoCo: momentum key encoder + a queue of negatives
                  bg_gap: float | None = None,  # clips left out between a paste and its background pieces; None: `background_gap(encoder)`
                  mask_region_bins: bool = True,  # dense: the other bins of a region are not its negatives
                  shuffle_bn: bool = True,  # MoCo: keys normalised in other BatchNorm groups than their queries

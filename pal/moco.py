@@ -77,6 +77,12 @@ class MoCo(nn.Module):
         self.ptr.copy_((self.ptr + len(keys)) % len(self.queue))
         self.filled.copy_((self.filled + len(keys)).clamp(max=len(self.queue)))
 
+    def keys(self, embed: Callable, x: Tensor, spans: Tensor | None,  # embed, x, spans, groups: as in `embed_in_groups`
+             groups, encoder: nn.Module, head: nn.Module, update: bool = True) -> tuple:
+        "The momentum step towards `encoder` and `head` (if `update`), then `embed` of the batch with the key encoder and head, no gradient."
+        if update: self.update(encoder, head)
+        with torch.no_grad(): return embed_in_groups(embed, x, spans, self.key_encoder, self.key_head, groups)
+
     def negatives(self) -> dict[str, Tensor]:
         "The queue as `info_nce` keyword arguments: `queue`, `queue_ids`, `queue_valid`."
         valid = torch.arange(len(self.queue), device=self.queue.device) < self.filled

@@ -146,7 +146,7 @@ def test_feature_offset_is_half_the_stride_early(backbone, clip_len, offset):
 
 
 def test_receptive_field_is_measured_once_per_architecture():
-    from pal.encoder import _RF_CACHE
+    from pal.receptive import _RF_CACHE
     assert receptive_field(Encoder('tiny', width=8)) == (8, 5)
     n = len(_RF_CACHE)
     assert receptive_field(Encoder('tiny', width=4)) == (8, 5) and len(_RF_CACHE) == n  # the width does not change the reach
@@ -154,6 +154,25 @@ def test_receptive_field_is_measured_once_per_architecture():
     assert receptive_field(enc) == (6, 5) and len(_RF_CACHE) == n + 1
     assert feature_offset(enc) == -(2 - 1) / (2 * 2)
     assert receptive_field(enc, size=16) == (6, 5)  # the probe's frame size does not matter
+
+
+def test_names_moved_to_pal_receptive_still_import_from_pal_encoder():
+    "receptive_field and load_backbone_weights live in pal.receptive (appendix a04a); pal.encoder hands out the same objects."
+    import pal.encoder, pal.receptive
+    for n in ('receptive_field', 'load_backbone_weights', '_RF_CACHE', '_rf_key', '_measure_receptive_field'):
+        assert getattr(pal.encoder, n) is getattr(pal.receptive, n), n
+    with pytest.raises(AttributeError, match='no_such_name'): pal.encoder.no_such_name
+
+
+def test_frame_influence_reaches_the_receptive_field_and_leaves_no_gradient():
+    from pal.receptive import frame_influence
+    torch.manual_seed(0)
+    enc = Encoder('tiny').eval()  # in training mode BatchNorm's batch statistics let every frame reach every feature
+    nz = frame_influence(enc, 3, T=64, size=16).nonzero().flatten()
+    before, after = receptive_field(enc)
+    assert (nz.min().item(), nz.max().item()) == (24 - before, 31 + after) == (16, 36)
+    assert all(p.grad is None for p in enc.parameters())  # a probe, not a training step
+    with pytest.raises(ValueError, match='eval mode'): frame_influence(Encoder('tiny'), 3)
 
 
 def bright_frame_rows(enc, n, ts, size):
