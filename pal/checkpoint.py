@@ -5,7 +5,7 @@
 # %% ../nbs/a05_checkpoint.ipynb #7a5248a9
 from __future__ import annotations
 import csv, inspect, io, json, math, os, re
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -54,7 +54,11 @@ def _check_config(cfg: TrainConfig):
 # %% ../nbs/a05_checkpoint.ipynb #023f5658
 METHODS = ('pal', 'video')
 _LEGACY = dict(mask_region_bins=False, bg_gap=0.0, region_offset=0.0, shuffle_bn=False, sync_bn='off')  # what runs did before these fields existed
-_LEGACY_PASTE = dict(min_span_clips=0.0)
+_LEGACY_PASTE = dict(min_span_clips=0.0, same_region=False)
+
+def _train_paste() -> PasteConfig:
+    "`pal-pretrain`'s pasting: one source span in both synthetic videos (`same_region=True`), the variant the validation split chose (09_benchmark)."
+    return PasteConfig(same_region=True)
 
 @dataclass
 class TrainConfig:
@@ -98,11 +102,11 @@ class TrainConfig:
     bn_groups: int = 2  # MoCo shuffle-BN in one process: BatchNorm groups per batch, 2 samples each at least (under torchrun: the processes)
     sync_bn: str = 'auto'  # several processes: BatchNorm statistics over all of them (SyncBatchNorm): 'auto' (on CUDA), 'on' (CUDA only) or 'off'
     ckpt_every: int = 50  # save a checkpoint every this many steps (and at the end)
-    paste: PasteConfig = field(default_factory=PasteConfig)  # how pseudo actions are cut and pasted
+    paste: PasteConfig = field(default_factory=_train_paste)  # how pseudo actions are cut and pasted; pal-pretrain: same_region=True (PasteConfig's own default is False)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # crop/flip/colour jitter; its size is set from `size`
 
     def __post_init__(self):
-        if isinstance(self.paste, dict): self.paste = PasteConfig(**_tuples(self.paste))
+        if isinstance(self.paste, dict): self.paste = replace(_train_paste(), **_tuples(self.paste))
         if isinstance(self.augment, dict): self.augment = AugmentConfig(**_tuples(self.augment))
         if isinstance(self.decode_size, list): self.decode_size = tuple(self.decode_size)
         self.augment.size = (self.size, self.size)
