@@ -23,9 +23,10 @@ __all__ = ['VARIANTS', 'split_videos', 'protocol_split', 'oracle_labels', 'probe
 VARIANTS = {  # encoder name -> (how it is trained: 'random', 'video', 'pal' or 'supervised'; TrainConfig overrides on top of the preset's)
     'random': ('random', {}),  # the initial weights every other encoder starts from: the floor
     'video': ('video', {}),  # video-level contrast: the baseline of the primary comparison
-    'pal': ('pal', {}),  # PAL with pal-pretrain's defaults
+    'pal': ('pal', {}),  # PAL with pal-pretrain's defaults (since the validation run: the same region in both videos, pooled)
     'supervised': ('supervised', {}),  # the training videos' labels: the ceiling
     # exploratory: one design choice changed at a time
+    'pal-indep': ('pal', {'paste': {'same_region': False}}),  # two independent regions (the default before the validation run)
     'pal-same': ('pal', {'paste': {'same_region': True}}),  # both synthetic videos carry the same span (pooled)
     'pal-dense': ('pal', {'align': 'dense', 'paste': {'same_region': True}}),  # ... aligned bin by bin
     'pal-dense-nomask': ('pal', {'align': 'dense', 'mask_region_bins': False, 'paste': {'same_region': True}}),  # other bins of a region as negatives

@@ -147,6 +147,12 @@ def features(ck: Path, videos: Path, out: Path, window: int, device: str, redo: 
     return load_features(out)
 
 # %% ../nbs/a10_bench_runner.ipynb #e1a00002
+def _run_dir(cache: Path, name: str, seed: int, key: str) -> Path:
+    "An encoder's folder, `bench/NAME-sSEED-KEY`; or a folder of the same key under another variant name (same settings: same weights)."
+    d = cache / 'bench' / f'{name}-s{seed}-{key}'
+    same = [] if d.exists() else sorted((cache / 'bench').glob(f'*-s{seed}-{key}'))
+    return same[0] if same else d
+
 def _seed_rows(cfg: BenchConfig, seed: int, toy_root: str, cache: str, force: bool, threads: int | None, progress: bool, verbose: bool) -> tuple[list, dict]:
     "Every encoder of one seed: pretrained (or cached), features, heads and diagnostics; its result rows and seconds per stage."
     if threads: torch.set_num_threads(threads)
@@ -162,7 +168,7 @@ def _seed_rows(cfg: BenchConfig, seed: int, toy_root: str, cache: str, force: bo
         kind = VARIANTS[name][0]
         tc = make_train_config(cfg, name, seed, toy.split_dir('unlabeled'), '')
         names = sorted(fit_gt['database']) if kind == 'supervised' else ()
-        run_dir = cache / 'bench' / f'{name}-s{seed}-{run_key(tc, kind, toy_cfg.key(), names)}'
+        run_dir = _run_dir(cache, name, seed, run_key(tc, kind, toy_cfg.key(), names))
         tc = replace(tc, out=str(run_dir))
         t = time.perf_counter()
         ck, new = pretrained(tc, kind, force, progress, say if kind != 'random' else None,
