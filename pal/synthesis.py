@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 import matplotlib.pyplot as plt
 
-from .video import VideoReader, VideoError, list_videos
+from .video import VideoReader, VideoError, list_videos, check_video
 from .sampling import PasteConfig, PastePlan, sample_plan
 from .paste import FrameBank, load_bank, synthesize, show_pair, frame_strip
 
@@ -235,21 +235,19 @@ def denormalize(x: Tensor, # [..., 3, T, h, w] float from `augment`
 
 # %% ../nbs/a04_synthesis.ipynb #80d23bca
 def _readable(paths: Sequence[Path], size: tuple[int, int], log=print) -> list[VideoReader]:
-    "Open each video and decode its first and last frame; report and skip the ones that fail."
+    "Readers of the videos that pass `pal-probe`'s check (`check_video`) at `size`; the others are reported with the reason and skipped."
     good = []
     for p in paths:
-        try:
-            r = VideoReader(p, size=size)
-            r.get([0, r.num_frames - 1])
-            good.append(r)
-        except VideoError as e: log(f'pal-synth: skipping a video: {e}')
+        c = check_video(p, size=size)
+        if c.usable: good.append(VideoReader(p, size=size))
+        else: log(f'pal-synth: skipping {p}: {c.reason}')
     return good
 
 def synth_sample(videos: str | Path, # folder of videos, searched recursively
                  out: str | Path, # PNG to write
                  seed: int = 0, # chooses the three videos and the plan
                  size: tuple[int, int] = (96, 128), # (H, W) every video is decoded to
-                 cfg: PasteConfig | None = None,
+                 cfg: PasteConfig | None = None, # default: the paste settings pal-pretrain uses (`TrainConfig().paste`)
                  log=print, # where skipped videos are reported
                 ) -> PastePlan:
     "Draw one PAL training sample from a folder of videos and save its `show_pair` figure; returns the plan."
@@ -258,6 +256,9 @@ def synth_sample(videos: str | Path, # folder of videos, searched recursively
     if len(good) < 3:
         raise ValueError(f'{videos}: need at least 3 readable videos (a source and two backgrounds), found {len(good)} '
                          f'of {len(paths)}' + (f": {', '.join(r.path.name for r in good)}" if good else ''))
+    if cfg is None:
+        from .checkpoint import TrainConfig  # here, not at the top: pal.checkpoint imports this module's neighbours
+        cfg = TrainConfig().paste
     src, b0, b1 = random.Random(seed).sample(good, 3)
     plan = sample_plan(src.num_frames, (b0.num_frames, b1.num_frames), cfg, seed=seed)
     pair = synthesize(plan, src, (b0, b1))
@@ -273,7 +274,7 @@ def synth_cli(argv: Sequence[str] | None = None) -> None:
     "Command line: `pal-synth --videos DIR --out FILE.png [--seed N] [--size H W]` draws one PAL training sample."
     ap = argparse.ArgumentParser(prog='pal-synth', description='Draw one PAL training sample (a source pasted into '
                                  'two backgrounds) from a folder of videos, as a PNG figure.')
-    ap.add_argument('--videos', required=True, help='folder searched recursively for .mp4 .avi .mkv .webm .mov')
+    ap.add_argument('--videos', required=True, help='folder searched recursively for videos (the extensions of pal.video.VIDEO_EXTS)')
     ap.add_argument('--out', required=True, help='PNG file to write')
     ap.add_argument('--seed', type=int, default=0, help='chooses the three videos and the plan')
     ap.add_argument('--size', type=int, nargs=2, default=(96, 128), metavar=('H', 'W'), help='decode size (default 96 128)')

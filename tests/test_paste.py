@@ -263,6 +263,8 @@ def test_synth_cli_on_samples(tmp_path, capsys):
     plan = synth_sample(sample_dir(), tmp_path / 'a.png', seed=5, size=(48, 64))
     again = synth_sample(sample_dir(), tmp_path / 'b.png', seed=5, size=(48, 64))
     assert plan.T == 64 and again.span == plan.span and torch.equal(again.frame_idx, plan.frame_idx)
+    from pal.checkpoint import TrainConfig  # pal-synth draws what pal-pretrain trains on: by default one span pasted twice
+    assert plan.cfg == TrainConfig().paste and plan.cfg.same_region and plan.src_start[0] == plan.src_start[1]
 
 
 def test_synth_cli_too_few_good_videos(tmp_path, capsys):
