@@ -257,7 +257,7 @@ def synth_sample(videos: str | Path, # folder of videos, searched recursively
         raise ValueError(f'{videos}: need at least 3 readable videos (a source and two backgrounds), found {len(good)} '
                          f'of {len(paths)}' + (f": {', '.join(r.path.name for r in good)}" if good else ''))
     if cfg is None:
-        from .checkpoint import TrainConfig  # here, not at the top: pal.checkpoint imports this module's neighbours
+        from pal.checkpoint import TrainConfig  # here, not at the top: pal.checkpoint imports this module's neighbours
         cfg = TrainConfig().paste
     src, b0, b1 = random.Random(seed).sample(good, 3)
     plan = sample_plan(src.num_frames, (b0.num_frames, b1.num_frames), cfg, seed=seed)
