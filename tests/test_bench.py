@@ -179,3 +179,12 @@ def test_shipped_results_are_consistent(name):
     want = paired_diffs(res, 'video')['pal']
     assert res['primary']['diffs'] == pytest.approx(want['diffs']) and res['primary']['ci95'] == pytest.approx(want['ci95'])
     assert variant_table(res).count('\n| ') == len(res['summary'])
+
+
+def test_cache_keys_do_not_drift():
+    "The keys of the toy data and encoders behind benchmarks/results/test-v2 (~/.cache/pal): a new TrainConfig field that does not change the weights must not retrain them."
+    from pal.benchrun import make_toy_config
+    cfg = bench_config('small')
+    toy = make_toy_config(cfg).key()
+    assert toy == '799c27735978'
+    assert [run_key(make_train_config(cfg, m, 0, 'v', 'o'), m, toy) for m in ('video', 'pal')] == ['a36fa13082', '25a29a5648']
