@@ -233,7 +233,7 @@ def plot_log(rows: Sequence[dict], title: str | None = None,
     a1.set_xlabel('step'); a1.set_ylabel('InfoNCE loss'); a1.legend(fontsize=8, frameon=False)
     for key, c in (('pos_sim', 'C2'), ('neg_sim', 'C3'), ('top1', 'C1')):
         a2.plot(steps, [r[key] for r in rows], color=c, lw=1, label=key)
-    a2.set_xlabel('step'); a2.set_ylim(-0.05, 1.05)
+    a2.set_xlabel('step'); a2.set_ylabel('cosine sim. / top-1 rate'); a2.set_ylim(-0.05, 1.05)
     a2.set_title('cosine similarity of positives / negatives, top-1 retrieval', fontsize=9)
     a2.legend(fontsize=8, frameon=False, ncol=3, loc='lower right')
     if title: fig.suptitle(title, fontsize=10)
