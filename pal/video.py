@@ -234,7 +234,7 @@ def _load(ident: tuple) -> tuple[VideoInfo, FrameTable] | None:
 # %% ../nbs/a02_video.ipynb #3e7a0b64
 _TABLES: dict = {}  # file identity -> (VideoInfo, FrameTable), in this process
 _MAX_TABLES = 256  # about 30 MB for 256 one-minute videos; older tables are read back from disk (about a ms)
-_LOCK = threading.Lock()  # readers may be opened from several threads (pal.train checks files in a thread pool)
+_LOCK = threading.Lock()  # readers may be opened from several threads (pal.data.probe_videos checks files in a thread pool)
 
 def _lookup(path: Path) -> tuple[VideoInfo, FrameTable]:
     "The table of `path`: from this process's memory, else the disk cache, else one full decode (then remembered in both)."
@@ -413,7 +413,7 @@ class VideoReader:
 
     def __repr__(self):
         return (f'VideoReader({str(self.path)!r}, {self.num_frames} frames, {self.duration:.2f} s, {self.fps:g} fps'
-                f'{"" if self.constant_rate else " nominal (variable)"}, {self.height}x{self.width}, mode={self.mode!r})')
+                f'{"" if self.constant_rate else " nominal (variable)"}, {self.width}x{self.height}, mode={self.mode!r})')
     def __len__(self): return self.num_frames
 
     def close(self):
@@ -504,7 +504,7 @@ def check_video(path: str | Path,
                ) -> VideoCheck:
     "Check one video as training and extraction use it: build (or load) its frame table and read its first, middle and last frame."
     path = Path(path)
-    with _CHECK_LOCK, warnings.catch_warnings(record=True) as caught:  # threads (pal.train.probe_videos) take turns
+    with _CHECK_LOCK, warnings.catch_warnings(record=True) as caught:  # threads (pal.data.probe_videos) take turns
         warnings.simplefilter('always', VideoWarning)
         try:
             r = VideoReader(path, size=size)
