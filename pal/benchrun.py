@@ -374,7 +374,7 @@ def bench_parser() -> argparse.ArgumentParser:
     ap.add_argument('--cache', help='toy data and encoders are cached here (default: ~/.cache/pal)')
     ap.add_argument('--methods', nargs='+', choices=list(VARIANTS), metavar='NAME',
                     help=f"encoders to compare (default: random video pal supervised); one of: {' '.join(VARIANTS)}")
-    ap.add_argument('--seeds', nargs='+', type=int, help="seeds (default: the preset's, 0 1 2 3 4)")
+    ap.add_argument('--seeds', nargs='+', type=int, help="seeds (default: the preset's)")
     ap.add_argument('--steps', type=int, help="pretraining steps (default: the preset's)")
     ap.add_argument('--batch-size', type=int, help="pretraining batch size (default: the preset's)")
     ap.add_argument('--obj-size', type=float, nargs=2, metavar=('MIN', 'MAX'), help="toy objects' half long axis, fraction of the frame "
