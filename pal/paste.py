@@ -28,8 +28,8 @@ def _check_sizes(readers: Sequence[VideoReader]):
     "All readers must decode to the same (H, W) so their frames can be mixed."
     sizes = {(r.height, r.width) for r in readers}
     if len(sizes) > 1:
-        raise ValueError('videos decode to different sizes; open them with the same VideoReader(size=...): '
-                         + ', '.join(f'{r.path.name} {r.height}x{r.width}' for r in readers))
+        raise ValueError('videos decode to different sizes (width x height); open them with the same VideoReader(size=(H, W)): '
+                         + ', '.join(f'{r.path.name} {r.width}x{r.height}' for r in readers))
 
 # %% ../nbs/03_paste.ipynb #f9cfbabc
 def load_bank(plan: PastePlan, source: VideoReader, backgrounds: Sequence[VideoReader],
