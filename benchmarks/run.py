@@ -277,8 +277,8 @@ PROPOSALS = """\
   `--resume`) puts the model and its inputs in `torch.channels_last_3d` (same values; a test checks
   two CPU steps give the same losses either way). `gpu.py` times both layouts.
 - `pal.train`: with `workers=-1` (the default) on CUDA the loader takes `max(1, min(16, CPUs - 1))`
-  workers instead of `min(4, CPUs)`: a sample costs 0.2-0.3 s of CPU to decode at 1 thread (row 2a), so
-  a batch of 32 needs about 8 s of CPU. `gpu.py` measures the loader with the old default and all workers.
+  workers instead of `min(4, CPUs)`: a sample costs about 0.1-0.3 s of CPU to decode at 1 thread (row 2a;
+  it varies with the machine's load from run to run), so a batch of 32 needs about 3-8 s of CPU. `gpu.py` measures the loader with the old default and all workers.
 - `pal.features.extract_features` on CUDA: frames decoded into pinned host memory (in the prefetch
   thread of change E), copied with `non_blocking=True`, preprocessed on the GPU, and fed to the
   encoder in `channels_last_3d` (`extract` converts the encoder once). No bf16 by default.
