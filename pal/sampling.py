@@ -152,17 +152,14 @@ def _regions(d: dict, cfg: PasteConfig, src_len: int, region_clips, scale) -> tu
     s = [draw_speed(u, cfg) if sf is None else sf for sf, u in zip(_pair(scale), d['speed'])]
     if any(v <= 0 for v in s): raise ValueError(f"scale must be > 0, got {s}")
     lmin, cl, u_src = cfg.min_span, cfg.clip_len, d['src']
-    if cfg.same_region:  # one region for both; a drawn one lasts min_span frames in the faster copy
-        k, u_src = [k[0]] * 2, [u_src[0]] * 2
-        if drawn[0]: k = [max(k[0], (lmin + 0.5) * max(s) / cl)] * 2  # + 0.5: the fastest copy survives equalising below
-    else: k = [max(ki, lmin * si / cl) if dr else ki for ki, si, dr in zip(k, s, drawn)]
     step = [si * cfg.frame_stride for si in s]
-    L = [region_frames(ki, si, cfg, src_len) for ki, si in zip(k, s)]
-    if cfg.same_region:  # the same source extent in both: the shorter one wins
-        ext = min((Li - 1) * st for Li, st in zip(L, step))
-        L = [math.floor(ext / st + 1e-9) + 1 for st in step]
+    if cfg.same_region:  # one region for both, one source extent: the shorter copy's
+        k = max(k[0], (lmin + 0.5) * max(s) / cl) if drawn[0] else k[0]  # drawn: min_span frames in the faster copy (+ 0.5: kept after equalising)
+        ext = min((region_frames(k, si, cfg, src_len) - 1) * st for si, st in zip(s, step))
+        L, u_src = [math.floor(ext / st + 1e-9) + 1 for st in step], [u_src[0]] * 2
+    else: L = [region_frames(max(ki, lmin * si / cl) if dr else ki, si, cfg, src_len) for ki, si, dr in zip(k, s, drawn)]
     last = [int(src_indices(0, Li, st)[-1]) for Li, st in zip(L, step)]  # source offset of the last pasted frame
-    if cfg.same_region: return s, L, [int(u_src[0] * (src_len - max(last)))] * 2
+    if cfg.same_region: last = [max(last)] * 2  # one source start, with room for the longer reach
     return s, L, [int(u * (src_len - li)) for u, li in zip(u_src, last)]
 
 # %% ../nbs/02_sampling.ipynb #4b8e12dd
