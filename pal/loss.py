@@ -9,7 +9,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from .encoder import Encoder, region_pool, region_align, feature_offset
 from .moco import MoCo, gather_features, rank_offset, shuffle_groups, shuffle_bn_plan, embed_in_groups
-from .moco import _distributed, _all_gather, _GatherWithGrad, _to_key_ranks, _from_key_ranks
+from .moco import _distributed, _all_gather, _GatherWithGrad  # re-exported: defined in pal.loss before the split
 from .receptive import frame_weights, background_gap, _linearised
 _all_ = ['MoCo', 'gather_features', 'rank_offset', 'shuffle_groups', 'frame_weights', 'background_gap']  # defined in appendices a04b, a04a
 
