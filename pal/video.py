@@ -159,13 +159,13 @@ def _build(path: Path) -> tuple[VideoInfo, FrameTable]:
         H, W, codec, container = cc.height, cc.width, cc.name, c.format.name
     n = len(pts)
     if not n: raise VideoError(f'{path}: no frame decodes' + (f' (decoding stops at {stop[0]})' if stop else ''))
-    usable = None not in pts and len(set(pts)) == n
-    if not fps and not usable: raise VideoError(f'{path}: no frame rate in the container and no usable timestamps')
     times, times_from, by_pts = _times(pts, tb, fps or 1)
+    usable = times_from != 'k / fps'  # every frame has a label of its own
+    if not fps and not usable: raise VideoError(f'{path}: no frame rate in the container and no usable timestamps')
     med = float(np.median(np.diff(times))) if n > 1 else 1 / (fps or 25)
-    own = float(last * tb) if last and times_from != 'k / fps' else 0.
+    own = float(last * tb) if last and usable else 0.
     last = own if med / 4 <= own <= 4 * med else med  # the last frame's own duration, unless missing or implausible (one tick)
-    duration, mean_fps, constant = _rate(times, last, float(tb) if times_from != 'k / fps' else 0.)
+    duration, mean_fps, constant = _rate(times, last, float(tb) if usable else 0.)
     fps = fps or mean_fps
     why = ('frames without pts' if None in pts else 'repeated pts' if not usable
            else ('packed B-frames (DivX/Xvid): labels out of order' if facts['packed'] else 'labels out of order (B-frames muxed with pts = dts?)')
@@ -331,10 +331,12 @@ def read_exact(path: str | Path,
         tab = frame_table(path)  # current: a failed restart check switches restarts off
         j = bisect.bisect_right(tab.keys, k) - 1
         return tab.keys[j] if tab.restart and j >= 0 else 0
+    def worth_seeking(k, last):  # frame k is far past frame `last`, with a keyframe between (cheap test first: no look-up per frame)
+        return k - last > _SEEK_GAP and restart(k) > last + 1
     try:
         while i < len(indices):
             gen, last = state.get('gen'), state.get('k', -1)
-            if gen is None or not last < indices[i] or (restart(indices[i]) > last + 1 and indices[i] - last > _SEEK_GAP):
+            if gen is None or not last < indices[i] or worth_seeking(indices[i], last):
                 if gen is not None: gen.close()
                 gen = state['gen'] = _frames_from(path, restart(indices[i]))
             for k, f in gen:
@@ -342,7 +344,7 @@ def read_exact(path: str | Path,
                 if k < indices[i]: continue
                 if k > indices[i]: raise VideoError(f'{path}: frame {indices[i]} did not come out of the decoder')
                 out.append(_turned(_rgb(f, stored, fmt), info.rotation)); i += 1
-                if i == len(indices) or (restart(indices[i]) > k + 1 and indices[i] - k > _SEEK_GAP): break  # done, or seek on
+                if i == len(indices) or worth_seeking(indices[i], k): break  # done, or seek on
             else:
                 state['gen'] = None
                 raise VideoError(f'{path}: stream ended before frame {indices[i]}')
