@@ -380,11 +380,11 @@ def make_hard_cases(out_dir: str | Path,  # folder to write into
     full = write_video(out / 'full.avi', _hard_case_frames(72, H, W, seed + 4), 12, 'mpeg4', bit_rate=400_000, g=12)
     _, n = cut_mid_packet(full, out / 'cut.avi', .5); full.unlink()
     add('cut.avi', n, np.arange(n) / 12, True, problem='cut short', what='AVI cut in the middle of a packet')
-    full = write_video(out / 'full.mp4', _hard_case_frames(72, H, W, seed + 5), 24, crf=18, g=12, threads=1,
-                       container_options={'movflags': 'faststart'})
+    frames = _hard_case_frames(72, H, W, seed + 5)  # written twice: index in front, then at the end
+    full = write_video(out / 'full.mp4', frames, 24, crf=18, g=12, threads=1, container_options={'movflags': 'faststart'})
     _, n = cut_mid_packet(full, out / 'cut_faststart.mp4', .5)
     add('cut_faststart.mp4', n, np.arange(n) / 24, True, problem='cut short', what='mp4 (index in front) cut in a packet')
-    full = write_video(full, _hard_case_frames(72, H, W, seed + 5), 24, crf=18, g=12, threads=1)  # index at the end
+    full = write_video(full, frames, 24, crf=18, g=12, threads=1)  # index at the end
     (out / 'cut_no_index.mp4').write_bytes(full.read_bytes()[:full.stat().st_size // 2]); full.unlink()
     add('cut_no_index.mp4', 0, None, False, usable=False, problem='not a readable video', what='mp4 cut before its index: nothing usable')
     full = write_video(out / 'full.mkv', _hard_case_frames(72, H, W, seed + 6), 24, crf=18, g=12, threads=1)
