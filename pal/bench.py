@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_benchmark.ipynb #dbbf7029
 from __future__ import annotations
-import importlib, json, math
+import importlib, math
 from typing import Sequence
 
 import numpy as np
@@ -80,11 +80,11 @@ def probe(feats: dict,  # 'train' / 'test' -> video name -> FeatureVideo (the he
     dev = None if device == 'auto' else device
     train = [feats['train'][n] for n in sorted(gt_train['database']) if n in feats['train']]
     test = [feats['test'][n] for n in sorted(gt_test['database']) if n in feats['test']]
+    score = lambda p: evaluate(gt_test, p, TIOU_PRESETS['default'], warn=False)  # notes (e.g. classes absent from few videos) stay on the result
     out = []
     for s in seeds:
         h, _ = train_head(train, gt_train, list(classes), HeadConfig(**{**head, 'seed': int(s)}), device=dev)
         pred = predict(h, test)
-        score = lambda p: evaluate(gt_test, p, TIOU_PRESETS['default'], warn=False)  # notes (e.g. classes absent from few videos) stay on the result
         out.append((score(pred), score(oracle_labels(pred, gt_test))))
     return out
 

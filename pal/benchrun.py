@@ -25,7 +25,7 @@ from .extract import extract, save_encoder, slim_checkpoint
 from .evaluate import load_features
 from .localize import TIOU_PRESETS
 from .supervised import train_supervised
-from .bench import VARIANTS, protocol_split, probe, diagnose, paired_diffs, paired_plot
+from .bench import VARIANTS, protocol_split, probe, diagnose, paired_diffs
 
 # %% auto #0
 __all__ = ['BENCH_PRESETS', 'BenchConfig', 'bench_config', 'make_toy_config', 'make_train_config', 'run_key', 'pretrained',

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from .localize import TIOU_PRESETS, segment_iou, average_precision, soft_nms
+from .localize import TIOU_PRESETS, average_precision, soft_nms
 
 # %% auto #0
 __all__ = ['EvalInputError', 'parse_gt', 'parse_pred', 'DetectionResult', 'evaluate', 'load_gt', 'load_pred', 'eval_cli',

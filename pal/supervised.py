@@ -4,7 +4,7 @@
 
 # %% ../nbs/a11_supervised.ipynb #5a000002
 from __future__ import annotations
-import csv, hashlib, json, math, time
+import csv, hashlib, json, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import TrainConfig, TrainingError, build_objective, load_checkpoint, _atomic_write
+from .checkpoint import TrainConfig, build_objective
 from .data import derive_seed
 from .train import lr_factor
 from .synthesis import sample_augment, apply_augment
