@@ -2,7 +2,6 @@
 time 'before' and 'after' in the same run (interleaved) instead of on two different days.
 Copied from pal at commit f8b7275; each function says what replaced it."""
 from __future__ import annotations
-import math
 
 import av
 import torch

@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: interleaved timing, machine description, benchmark videos."""
 from __future__ import annotations
-import os, platform, subprocess, statistics, sys, time
+import os, platform, subprocess, statistics, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

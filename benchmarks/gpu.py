@@ -14,7 +14,7 @@ MFU = (FLOPs of one step counted by torch.utils.flop_counter.FlopCounterMode: co
 products, forward and backward) x steps per second / (the bf16 matmul rate measured on the same card).
 """
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 import torch

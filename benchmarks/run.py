@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import ROOT, THREADS, machine, ms, setup_torch, bench_videos  # noqa: E402
+from common import ROOT, machine, ms, setup_torch, bench_videos  # noqa: E402
 
 PARTS = ('decode', 'frame_table', 'synthesis', 'step', 'extraction')
 RESULTS = HERE / 'results'

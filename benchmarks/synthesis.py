@@ -14,7 +14,7 @@ import os, statistics, tempfile, time
 
 import torch
 
-from common import bench_videos, compare, ms, paired
+from common import bench_videos, compare, paired
 import baseline
 
 

@@ -13,7 +13,7 @@ every other host name fails to resolve, so the check is the same with or without
 Usage: python tools/check_docs.py [--docs _docs] [--artifacts test-artifacts/docs]
 """
 from __future__ import annotations
-import argparse, base64, functools, json, os, re, shutil, subprocess, sys, tempfile, threading, time
+import argparse, base64, functools, json, os, re, subprocess, sys, tempfile, threading, time
 import urllib.parse, urllib.request
 from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -21,11 +21,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = '/usr/bin/chromium'
-FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-quic',
-         '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',  # offline on purpose: no CDN, no surprises
-         '--disable-dev-shm-usage',  # containers often have a tiny /dev/shm
-         '--hide-scrollbars', '--mute-audio', '--window-size=1280,1000']
+BROWSER_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--disable-quic',
+                 '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',  # offline on purpose: no CDN, no surprises
+                 '--disable-dev-shm-usage',  # containers often have a tiny /dev/shm
+                 '--mute-audio']  # every headless Chromium of `make test` (tools/check_explorer.py too)
+FLAGS = BROWSER_FLAGS + ['--hide-scrollbars', '--window-size=1280,1000']
 SCREENSHOTS = ['index', '03_paste']  # pages whose screenshots are kept as test artifacts
 
 # ---------------------------------------------------------------------------------------------

@@ -38,9 +38,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / 'tools' / 'explorer_check.ipynb'
 BIN = Path(sys.executable).parent  # .venv/bin: the jupyter of this environment
-ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--mute-audio',
-        '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1']  # offline on purpose: only the local server
 SEED = 7  # typed into the seed slider (it starts at 0)
 WIDGETS_EXT = '@jupyter-widgets/jupyterlab-manager'
 
@@ -327,7 +324,7 @@ def main(argv=None) -> int:
     ap.add_argument('--timeout', type=float, default=30, help='seconds for each wait in the browser (default 30)')
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / 'tools'))
-    from check_docs import ensure_chromium, CHROMIUM
+    from check_docs import ensure_chromium, CHROMIUM, BROWSER_FLAGS  # offline on purpose: only the local server
     chromium = ensure_chromium(CHROMIUM)
     try: from playwright.sync_api import sync_playwright, Error as PlaywrightError
     except ImportError: sys.exit('FAIL: playwright is not installed; it is a dev requirement: bash tools/venv.sh dev')
@@ -340,7 +337,7 @@ def main(argv=None) -> int:
             lab.wait_ready(60)
             log(f'JupyterLab up on port {lab.port} in {time.time() - t0:.1f} s')
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+                browser = pw.chromium.launch(executable_path=chromium, args=BROWSER_FLAGS, headless=True)
                 try:
                     page = browser.new_page(viewport=dict(width=1280, height=1000))
                     br = Browser(page, a.artifacts, a.timeout)
