@@ -67,11 +67,11 @@ def probe_videos(paths: Sequence[str | Path],  # candidate files, e.g. from `lis
     paths = [Path(p) for p in paths]
     with ThreadPoolExecutor(max(1, threads)) as ex:
         checked = list(ex.map(lambda p: _check_video(p, size, min_frames), paths))
-        budget, cache = cache_mb * 2**20, []
+        budget, cache = cache_mb * 2**20, {}  # path -> frame count, of the videos decoded into memory
         for p, (n, _, _) in zip(paths, checked):
             if n is not None and n * size[0] * size[1] * 3 <= budget:
-                budget -= n * size[0] * size[1] * 3; cache.append(p)
-        decoded = dict(zip(cache, ex.map(lambda p: _decode_all(p, size, checked[paths.index(p)][0]), cache)))
+                budget -= n * size[0] * size[1] * 3; cache[p] = n
+        decoded = dict(zip(cache, ex.map(lambda p: _decode_all(p, size, cache[p]), cache)))
     good, bad = [], []
     for p, (n, why, _) in zip(paths, checked):
         frames, why2 = decoded.get(p, (None, ''))
