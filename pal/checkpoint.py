@@ -5,6 +5,7 @@
 # %% ../nbs/a05_checkpoint.ipynb #7a5248a9
 from __future__ import annotations
 import csv, inspect, io, json, math, os, re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Sequence
@@ -133,19 +134,25 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig: return cls.from_dict(json.loads(Path(path).read_text()))
 
 # %% ../nbs/a05_checkpoint.ipynb #bba94347
-def _atomic_write(path: Path, data: bytes | None = None, writer=None):
-    "Write `data` (or call `writer(file)`) to `path` via a temporary file in the same folder, fsync and `os.replace`."
+@contextmanager
+def _replacing(path: Path):
+    "A temporary path in `path`'s folder to write to: renamed over `path` (`os.replace`) when the block ends, removed if it fails."
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        with open(tmp, 'wb') as f:
-            if writer is None: f.write(data)
-            else: writer(f)
-            f.flush(); os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+def _atomic_write(path: Path, data: bytes | None = None, writer=None):
+    "Write `data` (or call `writer(file)`) to `path` via a temporary file in the same folder, fsync and `os.replace`."
+    path = Path(path)
+    with _replacing(path) as tmp, open(tmp, 'wb') as f:
+        if writer is None: f.write(data)
+        else: writer(f)
+        f.flush(); os.fsync(f.fileno())
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try: os.fsync(fd)

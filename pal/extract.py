@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .video import VideoReader, VideoError, VideoWarning, list_videos, check_video, probe, VIDEO_EXTS
 from .paste import AugmentConfig
 from .encoder import Encoder, receptive_field, feature_offset
-from .checkpoint import TrainConfig, TrainingError, load_checkpoint, save_checkpoint, resolve_device
+from .checkpoint import TrainConfig, TrainingError, load_checkpoint, save_checkpoint, resolve_device, _replacing
 from .features import ClipGrid, row_times, preprocess, encode_clips, load_model
 
 # %% auto #0
@@ -145,15 +145,10 @@ def video_ids(paths: Sequence[Path], root: Path,
 def _save_npy(path: Path, a: np.ndarray):
     "np.save via a temporary file and an atomic rename."
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f: np.save(f, a)
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    with _replacing(path) as tmp, open(tmp, 'wb') as f: np.save(f, a)
 
 def _save_json(path: Path, d: dict):
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(d, indent=1) + '\n'); os.replace(tmp, path)
+    with _replacing(path) as tmp: tmp.write_text(json.dumps(d, indent=1) + '\n')
 
 def auto_jobs(device: torch.device, cpus: int | None = None) -> int:
     "Videos at once for `jobs=None`: 2 on the CPU (the encoder takes the cores); on CUDA one per CPU core but one, at most 16 (decoding is the bound)."
@@ -241,11 +236,8 @@ def write_csv(path: Path, feats: np.ndarray):
     "Features `[T, C]` as BSN/BMN/G-TAD read them (`pandas.read_csv(path).values`): a header `f0,...,f{C-1}`, one row per position, 9 significant digits; written atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     f = np.asarray(feats, np.float32)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
+    with _replacing(path) as tmp:
         np.savetxt(tmp, f.reshape(len(f), -1), fmt='%.9g', delimiter=',', comments='', header=','.join(f'f{c}' for c in range(f.shape[1])))
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
 
 def read_csv(path) -> np.ndarray:  # [T, C] float32
     "Features written by `write_csv` (the header row skipped)."
@@ -270,14 +262,10 @@ VIDEO_INFO_COLUMNS = ('video', 'numFrame', 'seconds', 'fps', 'rfps', 'subset', '
 
 def write_video_info(path: Path, man: dict):
     "`video_info.csv` of a manifest's videos, in BMN's columns (`VIDEO_INFO_COLUMNS`); written atomically."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'w', newline='') as fh:
-            w = csv.writer(fh); w.writerow(VIDEO_INFO_COLUMNS)
-            for k, v in sorted(man['videos'].items()):
-                w.writerow([k, v['num_frames'], v['duration'], round(v['num_frames'] / v['duration'], 6), v['fps'], v.get('subset', ''), v['num_frames']])
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    with _replacing(Path(path)) as tmp, open(tmp, 'w', newline='') as fh:
+        w = csv.writer(fh); w.writerow(VIDEO_INFO_COLUMNS)
+        for k, v in sorted(man['videos'].items()):
+            w.writerow([k, v['num_frames'], v['duration'], round(v['num_frames'] / v['duration'], 6), v['fps'], v.get('subset', ''), v['num_frames']])
 
 # %% ../nbs/a08_extraction.ipynb #c12f0045
 H5_FILE = 'features.hdf5'  # ActionFormer reads a feat_folder containing '.hdf5' as one HDF5 file of datasets named by video id
@@ -290,19 +278,16 @@ def _h5py():
 def write_h5(out: Path, man: dict) -> Path:
     "Every video of a manifest in `out/features.hdf5`: one float32 dataset `[T, C]` per id, its row times and clock as attributes, the manifest's top level as file attributes; rebuilt from the .npy files, swapped in atomically."
     h5py, out = _h5py(), Path(out)
-    f, tmp = out / H5_FILE, out / f'.{H5_FILE}.{os.getpid()}.tmp'
+    f = out / H5_FILE
     top = {k: v for k, v in man.items() if k not in ('videos', 'skipped', 'runs')}
-    try:
-        with h5py.File(tmp, 'w') as h:
-            h.attrs['pal_manifest'] = json.dumps(top)
-            for k in ('clip_len', 'frame_stride', 'clip_frames', 'feature_stride', 'dim', 'feature_offset', 'max_rows'): h.attrs[k] = top[k]
-            for name, v in sorted(man['videos'].items()):
-                d = h.create_dataset(name, data=np.load(out / v['features']))
-                for k in ('times', 'starts', 'ends'): d.attrs[k] = np.asarray(v[k], np.float64)
-                for k in ('fps', 'duration', 'num_frames', 'rows', 'feature_stride', 'clip_frames', 'constant_rate', 'file'): d.attrs[k] = v[k]
-                if v.get('subset'): d.attrs['subset'] = v['subset']
-        os.replace(tmp, f)
-    finally: tmp.unlink(missing_ok=True)
+    with _replacing(f) as tmp, h5py.File(tmp, 'w') as h:
+        h.attrs['pal_manifest'] = json.dumps(top)
+        for k in ('clip_len', 'frame_stride', 'clip_frames', 'feature_stride', 'dim', 'feature_offset', 'max_rows'): h.attrs[k] = top[k]
+        for name, v in sorted(man['videos'].items()):
+            d = h.create_dataset(name, data=np.load(out / v['features']))
+            for k in ('times', 'starts', 'ends'): d.attrs[k] = np.asarray(v[k], np.float64)
+            for k in ('fps', 'duration', 'num_frames', 'rows', 'feature_stride', 'clip_frames', 'constant_rate', 'file'): d.attrs[k] = v[k]
+            if v.get('subset'): d.attrs['subset'] = v['subset']
     return f
 
 def read_h5(path) -> dict[str, np.ndarray]:
@@ -667,7 +652,7 @@ def tal_config_cli(argv: Sequence[str] | None = None) -> int:
                                    'run: python train.py THIS.yaml (ActionFormer trains on devices: [cuda:0] unless told otherwise)'])
     if a.out:
         p = Path(a.out); p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f'.{p.name}.{os.getpid()}.tmp'); tmp.write_text(text); os.replace(tmp, p)
+        with _replacing(p) as tmp: tmp.write_text(text)
         print(f'pal-tal-config: wrote {p}')
     else: print(text, end='')
     for n in notes: print(f'pal-tal-config: note: {n}', file=sys.stderr)
