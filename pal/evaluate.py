@@ -491,13 +491,13 @@ def train_head(videos: list[FeatureVideo], # training feature videos
     # seeded without touching the caller's random state: init, dropout and shuffling all follow cfg.seed
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
         torch.manual_seed(cfg.seed)
-        return _fit_head(videos, db, list(classes), cfg, device, progress)
+        return _fit_head(videos, gt, list(classes), cfg, device, progress)  # gt as given: LocDataset unwraps it once
 
 # %% ../nbs/a09_evaluation.ipynb #88307f11
-def _fit_head(videos, db, classes, cfg, device, progress):
+def _fit_head(videos, gt, classes, cfg, device, progress):
     "The training loop of `train_head` (random state already seeded)."
     from tqdm.auto import tqdm
-    ds = LocDataset(videos, db, classes)
+    ds = LocDataset(videos, gt, classes)
     dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                                      generator=torch.Generator().manual_seed(cfg.seed))
     head = LocHead(videos[0].feats.shape[1], len(classes), cfg.hidden, cfg.n_layers, cfg.kernel, cfg.dropout, classes=classes)

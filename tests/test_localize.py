@@ -486,6 +486,22 @@ def test_targets_and_collate():
     assert b['cls'][1, 0].tolist() == [1, 1, 0, 0] + [0] * 6 and b['feats'][1, :, 4:].abs().sum() == 0
 
 
+def test_train_head_reads_the_ground_truth_once(monkeypatch):
+    "A video named like an ActivityNet top-level key ('database') is just a video: train_head unwraps the ground truth once, not again per video."
+    import pal.evaluate as ev
+    made = []
+    class Recording(ev.LocDataset):
+        def __init__(self, *a, **k): super().__init__(*a, **k); made.append(self)
+    monkeypatch.setattr(ev, 'LocDataset', Recording)
+    v = FeatureVideo('v', np.zeros((10, 2)), np.arange(10) * 2.0 + 1.0)
+    w = FeatureVideo('database', np.ones((10, 2)), np.arange(10) * 2.0 + 1.0)
+    gt = db(v=[(2.0, 9.0, 'a')], database=[(4.0, 12.0, 'b')])
+    train_head([v, w], gt, cfg=HeadConfig(epochs=1), device='cpu')
+    (cls_v, _), (cls_w, _) = made[0].targets
+    assert cls_v[:, 0].sum() == 4 and cls_v[:, 1].sum() == 0  # rows at 3, 5, 7, 9 s: class a
+    assert cls_w[:, 1].sum() == 4 and cls_w[:, 0].sum() == 0  # rows at 5, 7, 9, 11 s: class b
+
+
 def test_feature_video_checks():
     with pytest.raises(ValueError, match='increase'):
         FeatureVideo('x', np.zeros((3, 2)), [0, 2, 1])
