@@ -92,8 +92,17 @@ def extract_features(encoder: Encoder,  # in eval mode, on its device
         if chunks and len(chunks[-1]) < batch and size(chunks[-1][0][0]) == size(w[0]): chunks[-1].append(w)
         else: chunks.append([w])
 
+    last = [0, None]  # the window decoded last: its first clip and its frames
+    def frames_of(a):  # [size(a) * clip_len, H, W, 3] uint8: the window at clip a
+        p, f = last
+        have = 0 if f is None else max(0, p + len(f) // grid.clip_len - a)  # its first clips, which the last window holds: not decoded again
+        x = reader.get(grid.frame_indices(a + have, size(a) - have))
+        if have: x = torch.cat([f[(a - p) * grid.clip_len:], x])
+        last[:] = a, x
+        return x
+
     def load(chunk):  # the decoder's side: in the background thread when prefetching
-        frames = torch.stack([reader.get(grid.frame_indices(a, size(a))) for a, _, _ in chunk])  # [b, T, H, W, 3] uint8
+        frames = torch.stack([frames_of(a) for a, _, _ in chunk])  # [b, T, H, W, 3] uint8
         if device.type == 'cpu': return preprocess(frames, aug)  # [b, 3, T, s, s]
         return frames.pin_memory() if device.type == 'cuda' else frames
 
