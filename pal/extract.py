@@ -552,7 +552,8 @@ def actionformer_config(features: str | Path,  # a pal-extract folder
                 raise ExtractError(f"{annotations}: label {a['label']!r} has label_id {labels[a['label']]} and {a['label_id']}")
     if sorted(labels.values()) != list(range(len(labels))):
         raise ExtractError(f'{annotations}: ActionFormer uses label_id as the class index, so the ids must be 0..K-1 with one label each; got {sorted(labels.values())}')
-    splits = {s.lower() for s in (*train_split, *val_split)}
+    train_splits = {s.lower() for s in train_split}
+    splits = train_splits | {s.lower() for s in val_split}
     used = {k: v for k, v in db.items() if str(v.get('subset', '')).lower() in splits}
     if not used: raise ExtractError(f"{annotations}: no video in subset {sorted(splits)} (subsets there: {sorted({str(v.get('subset')) for v in db.values()})})")
     missing = sorted(set(used) - set(man['videos']))
@@ -571,7 +572,7 @@ def actionformer_config(features: str | Path,  # a pal-extract folder
                            - np.asarray(v['times'])).max()) for k in used for v in [man['videos'][k]]}  # ActionFormer's times vs the manifest's
     off = sorted((k for k in err if err[k] > 0.01 * man['feature_stride'] / (fps or man['videos'][k]['fps']) + 2e-6), key=err.get, reverse=True)
     if off: notes.append(f"ActionFormer's row times miss the manifest's by up to {err[off[0]]:.3f} s in {len(off)} videos ({_few(off)}): variable frame rate; no config fixes that")
-    train = [k for k in used if str(db[k].get('subset', '')).lower() in {s.lower() for s in train_split}]
+    train = [k for k in used if str(db[k].get('subset', '')).lower() in train_splits]
     empty = [k for k in train if not db[k].get('annotations')]
     if empty: notes.append(f'{len(empty)} training videos ({_few(empty)}) have no action: ActionFormer\'s training step asserts every video has some; drop them from {annotations.name}')
     n_train = len(train)
